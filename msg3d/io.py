@@ -1,0 +1,71 @@
+"""Crash-safe file output: everything is written to a temporary sibling, then renamed.
+
+A run killed at any point therefore leaves either the previous complete file or none, never a
+half-written one that a later run (or Snakemake) would trust.
+"""
+
+import contextlib
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path, *, is_dir=False):
+    """Yield a temporary path beside ``path``; on success rename it onto ``path``.
+
+    On an exception the temporary file or folder is removed and ``path`` is left untouched.
+    With ``is_dir=True`` the temporary path is an empty directory, and an existing ``path``
+    directory is replaced as a whole.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{path.name}.tmp-"
+    if is_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if is_dir:
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+                os.replace(path, old / path.name)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if is_dir:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path, data):
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path, text):
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path, obj, *, indent=2):
+    """Write ``obj`` as JSON with sorted keys (stable bytes for the same content)."""
+    write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+def write_pickle_atomic(path, obj):
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
