@@ -1,0 +1,1 @@
+"""Training and testing engine (``msg3d train`` / ``msg3d test``)."""

@@ -1,0 +1,1 @@
+"""Model-zoo table and plots (``msg3d table`` / ``msg3d plot``)."""
