@@ -5,6 +5,7 @@ half-written one that a later run (or Snakemake) would trust.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 import pickle
@@ -69,3 +70,12 @@ def write_pickle_atomic(path, obj):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def sha256_file(path, *, chunk_size=1 << 20):
+    """Hex SHA-256 of a file's bytes, read in chunks (provenance of inputs and checkpoints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()

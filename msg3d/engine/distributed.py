@@ -1,0 +1,93 @@
+"""Process-group setup for ``torchrun`` launches, and the few collectives the engine needs.
+
+``torchrun --nproc-per-node N -m msg3d train ...`` sets RANK / WORLD_SIZE / LOCAL_RANK /
+MASTER_ADDR / MASTER_PORT; a plain ``python -m msg3d train`` sets none of them and runs as a
+single process (world size 1) without a process group.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def launched_by_torchrun():
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(device_type):
+    """Join the process group torchrun prepared (NCCL on CUDA, gloo on CPU); no-op otherwise."""
+    if not launched_by_torchrun():
+        return DistInfo()
+    info = DistInfo(
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
+    if info.world_size == 1:
+        return info
+    if device_type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return info
+
+
+def shutdown(info):
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def all_gather_objects(info, obj):
+    """List of every rank's ``obj`` (rank order); ``[obj]`` in a single process."""
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(info, obj):
+    """Rank 0's ``obj`` on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_reduce_sum(info, tensor):
+    """Sum ``tensor`` over ranks in place (identity in a single process)."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def sync_buffers(info, module):
+    """Copy rank 0's buffers (BN running statistics) to every rank.
+
+    Training keeps BN statistics per process as PYSKL does (DDP without buffer broadcast); before
+    validating and at the end, every rank adopts rank 0's, so all ranks hold the very model that
+    rank 0 saves and validate exactly it.
+    """
+    if not info.enabled:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)

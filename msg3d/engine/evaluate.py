@@ -1,0 +1,46 @@
+"""Clip-averaged class probabilities over a loader (validation during training, and ``msg3d test``)."""
+
+import contextlib
+
+import numpy as np
+import torch
+
+from msg3d.engine.distributed import all_gather_objects
+from msg3d.engine.loader import merge_rank_outputs
+
+
+def autocast(device, amp):
+    """bf16 autocast when ``amp == 'bf16'``, else a no-op context."""
+    if amp is None:
+        return contextlib.nullcontext()
+    if amp != "bf16":
+        raise ValueError(f"unsupported --amp {amp!r}; only 'bf16' is supported")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@torch.no_grad()
+def predict(model, loader, device, amp=None, progress=None):
+    """``(n, K)`` float32 probabilities of this process's share of ``loader`` (batches of
+    ``(N, num_clips, M, T, V, C)``): softmax per clip, mean over clips (``model.predict_probs``)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        for i, (keypoint, _) in enumerate(loader):
+            keypoint = keypoint.to(device, non_blocking=True)
+            with autocast(device, amp):
+                probs = model.predict_probs(keypoint)
+            out.append(probs.float().cpu().numpy())
+            if progress is not None:
+                progress(i + 1)
+    finally:
+        model.train(was_training)
+    if not out:
+        return np.zeros((0, model.num_classes), dtype=np.float32)
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def predict_all_ranks(model, loader, device, dist_info, num_items, amp=None):
+    """Every rank's predictions gathered and put back into dataset order (PYSKL's padding dropped)."""
+    local = predict(model, loader, device, amp)
+    return merge_rank_outputs(all_gather_objects(dist_info, local), num_items)

@@ -1,0 +1,317 @@
+"""`msg3d fuse`: weighted score fusion of several streams (REFERENCE §7).
+
+PYSKL's recipe, which this reproduces: each stream's test result is already a list of softmaxed,
+clip-averaged probability vectors; the fused score of a sample is the weighted sum of its streams'
+vectors, with no further softmax or normalisation (two-stream = 1 J : 1 B, four-stream =
+2 J : 2 B : 1 JM : 1 BM). A *stream* here is the ``SCORES.pkl`` written by ``msg3d test`` plus the
+``<stem>_samples.csv`` beside it (columns ``frame_dir,label`` in score order), which lets fusion
+refuse streams that do not cover the same samples in the same order.
+
+The optional weight search (``--search``) is **not** a PYSKL number: it splits the samples into
+two class-stratified halves, picks the weights on one half and reports metrics on the other half
+only, and its JSON says so.
+"""
+
+import csv
+import itertools
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from msg3d.io import write_json_atomic, write_pickle_atomic, write_text_atomic
+from msg3d.metrics import mean_class_accuracy, top_k_accuracy
+
+
+def samples_path(scores_path):
+    """The ``<stem>_samples.csv`` that ``msg3d test`` writes beside ``SCORES.pkl``."""
+    scores_path = Path(scores_path)
+    return scores_path.with_name(scores_path.stem + "_samples.csv")
+
+
+def read_samples(path):
+    """Read a ``frame_dir,label`` CSV; return ``(frame_dirs, labels)`` (list of str, int array)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: sample list not found (msg3d test writes it beside the scores)")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0] != ["frame_dir", "label"]:
+        got = ",".join(rows[0]) if rows else "an empty file"
+        raise ValueError(f"{path}: line 1: expected the header 'frame_dir,label', got {got!r}")
+    frame_dirs, labels = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != 2:
+            raise ValueError(f"{path}: line {line}: expected 2 fields (frame_dir,label), got {len(row)}")
+        try:
+            labels.append(int(row[1]))
+        except ValueError:
+            raise ValueError(f"{path}: line {line}: label {row[1]!r} of sample {row[0]} is not an integer") from None
+        frame_dirs.append(row[0])
+    return frame_dirs, np.asarray(labels, dtype=np.int64)
+
+
+def load_stream(scores_path):
+    """Load one stream: ``(probs (N, K) float64, frame_dirs, labels)``.
+
+    ``probs`` comes from the pickled list of per-sample probability vectors (PYSKL's result.pkl
+    format); the samples from ``<stem>_samples.csv``. Their counts must agree.
+    """
+    scores_path = Path(scores_path)
+    if not scores_path.exists():
+        raise FileNotFoundError(f"{scores_path}: scores file not found")
+    with open(scores_path, "rb") as f:
+        raw = pickle.load(f)
+    try:
+        probs = np.stack([np.asarray(p, dtype=np.float64).reshape(-1) for p in raw])
+    except ValueError as err:
+        raise ValueError(f"{scores_path}: expected a list of equal-length probability vectors ({err})") from None
+    frame_dirs, labels = read_samples(samples_path(scores_path))
+    if len(frame_dirs) != len(probs):
+        raise ValueError(
+            f"{scores_path}: {len(probs)} score vectors but {len(frame_dirs)} samples in {samples_path(scores_path)}"
+        )
+    return probs, frame_dirs, labels
+
+
+def check_same_samples(streams):
+    """Raise a ValueError unless all streams list the same samples (and labels) in the same order.
+
+    ``streams`` maps name -> ``(path, frame_dirs, labels)``; the first stream is the reference.
+    """
+    (ref_name, (ref_path, ref_dirs, ref_labels)), *others = streams.items()
+    for name, (path, dirs, labels) in others:
+        if len(dirs) != len(ref_dirs):
+            raise ValueError(
+                f"streams {ref_name!r} and {name!r} cover different samples: {len(ref_dirs)} in {ref_path}, "
+                f"{len(dirs)} in {path}"
+            )
+        for i, (a, b) in enumerate(zip(ref_dirs, dirs)):
+            if a != b:
+                raise ValueError(
+                    f"streams {ref_name!r} and {name!r} list different samples or a different order: sample {i} "
+                    f"(line {i + 2} of the sample lists) is {a} in {samples_path(ref_path)} but {b} in "
+                    f"{samples_path(path)}"
+                )
+        bad = np.flatnonzero(labels != ref_labels)
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"streams {ref_name!r} and {name!r} disagree on the label of sample {ref_dirs[i]} "
+                f"(line {i + 2}): {ref_labels[i]} in {samples_path(ref_path)}, {labels[i]} in {samples_path(path)}"
+            )
+
+
+def fuse_scores(scores, weights):
+    """Weighted sum of the streams' probabilities: ``sum_s weights[s] * scores[s]``, shape (N, K).
+
+    ``scores`` and ``weights`` are dicts keyed by stream name with the same keys; weights are
+    non-negative and not all zero.
+    """
+    if set(scores) != set(weights):
+        raise ValueError(f"weights are given for {sorted(weights)} but the streams are {sorted(scores)}")
+    for name, w in weights.items():
+        if not isinstance(w, (int, float)) or isinstance(w, bool) or not math.isfinite(w) or w < 0:
+            raise ValueError(f"weight of stream {name!r} must be a finite number >= 0, got {w!r}")
+    if not any(weights.values()):
+        raise ValueError("all fusion weights are zero")
+    shapes = {name: s.shape for name, s in scores.items()}
+    if len(set(shapes.values())) != 1:
+        raise ValueError(f"streams have different score shapes (samples, classes): {shapes}")
+    fused = np.zeros(next(iter(shapes.values())), dtype=np.float64)
+    for name in sorted(scores):  # fixed order: the same bytes whatever order the streams came in
+        fused += float(weights[name]) * scores[name]
+    return fused
+
+
+def metrics(scores, labels):
+    """top-1, top-5 and mean-class accuracy (fractions), with PYSKL's definitions (msg3d.metrics)."""
+    top1, top5 = top_k_accuracy(scores, labels, (1, 5))
+    return {
+        "top1": float(top1),
+        "top5": float(top5),
+        "mean_class_accuracy": float(mean_class_accuracy(scores, labels)),
+        "num_samples": int(len(labels)),
+    }
+
+
+def stratified_halves(labels, seed):
+    """Split sample indices into two disjoint class-stratified halves ``(select, evaluate)``.
+
+    Each class's samples are shuffled with ``default_rng(seed)`` and the first ``ceil(n/2)`` go to
+    the selection half, so both halves hold every class that has at least two samples.
+    """
+    rng = np.random.default_rng(seed)
+    select, evaluate = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = (len(idx) + 1) // 2
+        select.extend(idx[:k].tolist())
+        evaluate.extend(idx[k:].tolist())
+    return np.sort(np.asarray(select, dtype=np.int64)), np.sort(np.asarray(evaluate, dtype=np.int64))
+
+
+def search_weights(scores, labels, grid, seed=0):
+    """Choose fusion weights on one half of the samples and evaluate them on the other half.
+
+    Every combination of ``grid`` values per stream is tried (all-zero and proportional duplicates,
+    e.g. 2:2 after 1:1, are skipped). The winner has the best selection-half top-1, then mean-class
+    accuracy, then log-likelihood of the true class under the weighted mean of the probabilities. Returns ``{"weights", "select",
+    "evaluate"}``: the weights and the metrics on each half.
+    """
+    names = sorted(scores)
+    grid = sorted(set(int(g) for g in grid))
+    if not grid or grid[0] < 0 or grid[-1] == 0:
+        raise ValueError(f"the weight grid must hold non-negative integers, at least one positive; got {grid}")
+    select, evaluate = stratified_halves(labels, seed)
+    if len(select) == 0 or len(evaluate) == 0:
+        raise ValueError(f"too few samples ({len(labels)}) to split into a selection and an evaluation half")
+    best_key, best = None, None
+    for combo in itertools.product(grid, repeat=len(names)):
+        if not any(combo) or math.gcd(*combo) != 1:
+            continue
+        weights = dict(zip(names, combo))
+        fused = fuse_scores(scores, weights)
+        m = metrics(fused[select], labels[select])
+        # a weighted mean of probability vectors is one too: its log-likelihood breaks accuracy ties
+        p_true = fused[select, labels[select]] / sum(combo)
+        key = (m["top1"], m["mean_class_accuracy"], float(np.mean(np.log(np.maximum(p_true, 1e-12)))))
+        if best_key is None or key > best_key:
+            best_key, best = key, (weights, m)
+    weights, select_metrics = best
+    fused = fuse_scores(scores, weights)
+    return {
+        "weights": weights,
+        "select": select_metrics,
+        "evaluate": metrics(fused[evaluate], labels[evaluate]),
+    }
+
+
+def _parse_scores_args(items):
+    streams = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--scores expects NAME=SCORES.pkl, got {item!r}")
+        if name in streams:
+            raise ValueError(f"stream {name!r} is given twice in --scores")
+        streams[name] = Path(path)
+    return streams
+
+
+def _write_samples(path, frame_dirs, labels):
+    lines = ["frame_dir,label"] + [f"{d},{int(y)}" for d, y in zip(frame_dirs, labels)]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def fuse_files(score_paths, weights, out_json, out_scores=None, scheme=None):
+    """Fuse the streams ``{name: SCORES.pkl}`` with ``{name: weight}``; write the metrics JSON.
+
+    With ``out_scores`` the fused probabilities are also written as a PYSKL-style result pickle
+    (list of per-sample vectors) with its ``<stem>_samples.csv``, so it can be read like a stream.
+    Returns the JSON content.
+    """
+    loaded = {name: load_stream(path) for name, path in score_paths.items()}
+    check_same_samples({name: (score_paths[name], d, y) for name, (_, d, y) in loaded.items()})
+    scores = {name: p for name, (p, _, _) in loaded.items()}
+    _, frame_dirs, labels = next(iter(loaded.values()))
+    fused = fuse_scores(scores, weights)
+    result = {
+        "scheme": scheme,
+        "method": "weighted sum of clip-averaged probabilities (PYSKL recipe)",
+        "weights": {name: weights[name] for name in sorted(weights)},
+        "streams": {
+            name: {"scores": str(score_paths[name]), **metrics(scores[name], labels)} for name in sorted(scores)
+        },
+        "num_classes": int(fused.shape[1]),
+        **metrics(fused, labels),
+    }
+    if out_scores is not None:
+        write_pickle_atomic(out_scores, [row for row in fused])
+        _write_samples(samples_path(out_scores), frame_dirs, labels)
+    write_json_atomic(out_json, result)
+    return result
+
+
+def search_files(score_paths, grid, out_json, seed=0, scheme=None):
+    """Weight search (see ``search_weights``) over the streams ``{name: SCORES.pkl}``; write the JSON.
+
+    Its ``top1``/``top5``/``mean_class_accuracy`` are those of the evaluation half only.
+    """
+    loaded = {name: load_stream(path) for name, path in score_paths.items()}
+    check_same_samples({name: (score_paths[name], d, y) for name, (_, d, y) in loaded.items()})
+    scores = {name: p for name, (p, _, _) in loaded.items()}
+    _, _, labels = next(iter(loaded.values()))
+    found = search_weights(scores, labels, grid, seed)
+    result = {
+        "scheme": scheme,
+        "method": (
+            "weights chosen by grid search on a class-stratified half of the samples (selection half); "
+            "top1/top5/mean_class_accuracy are measured on the other half only (evaluation half) and are "
+            "not comparable with full-split numbers"
+        ),
+        "grid": sorted(set(int(g) for g in grid)),
+        "seed": seed,
+        "weights": found["weights"],
+        "selection": found["select"],
+        "streams": {name: {"scores": str(score_paths[name])} for name in sorted(scores)},
+        "num_classes": int(scores[next(iter(scores))].shape[1]),
+        **found["evaluate"],
+    }
+    write_json_atomic(out_json, result)
+    return result
+
+
+def add_arguments(parser):
+    parser.add_argument(
+        "--scores", nargs="+", required=True, metavar="NAME=SCORES.pkl",
+        help="one stream per item: its name and the scores pickle written by `msg3d test` "
+        "(the <stem>_samples.csv beside it must exist)",
+    )
+    parser.add_argument(
+        "--weights-json", metavar="JSON",
+        help='fusion weights as a JSON object, e.g. \'{"j": 2, "b": 2, "jm": 1, "bm": 1}\' (default: 1 each)',
+    )
+    parser.add_argument(
+        "--search", metavar="W,W,...",
+        help="instead of fixed weights, choose them from this integer grid (e.g. 0,1,2,3) on half of the "
+        "samples and report the other half only",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the half split for --search (default 0)")
+    parser.add_argument("--scheme", help="name recorded in the JSON (e.g. 2s, 4s)")
+    parser.add_argument("--out", required=True, type=Path, help="metrics JSON to write")
+    parser.add_argument("--out-scores", type=Path, help="also write the fused scores pickle (+ _samples.csv)")
+
+
+def run(args):
+    import json
+    import sys
+
+    try:
+        paths = _parse_scores_args(args.scores)
+        if args.search is not None:
+            if args.weights_json or args.out_scores:
+                raise ValueError("--search chooses the weights itself: give neither --weights-json nor --out-scores")
+            try:
+                grid = [int(g) for g in args.search.split(",")]
+            except ValueError:
+                raise ValueError(f"--search expects comma-separated integers, got {args.search!r}") from None
+            result = search_files(paths, grid, args.out, seed=args.seed, scheme=args.scheme)
+        else:
+            weights = {name: 1 for name in paths}
+            if args.weights_json:
+                weights = json.loads(args.weights_json)
+                if not isinstance(weights, dict):
+                    raise ValueError(f"--weights-json must be a JSON object, got {args.weights_json!r}")
+            result = fuse_files(paths, weights, args.out, args.out_scores, scheme=args.scheme)
+    except (ValueError, FileNotFoundError, json.JSONDecodeError) as err:
+        print(f"msg3d fuse: error: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"fused {', '.join(f'{n}:{w}' for n, w in result['weights'].items())} on {result['num_samples']} samples: "
+        f"top1 {100 * result['top1']:.2f}  top5 {100 * result['top5']:.2f}  "
+        f"mean-class {100 * result['mean_class_accuracy']:.2f}",
+        file=sys.stderr,
+    )
+    return 0

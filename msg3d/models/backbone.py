@@ -1,0 +1,61 @@
+"""The MS-G3D backbone as packaged in PYSKL (REFERENCE §2.2)."""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from msg3d.layouts import get_layout
+from msg3d.models.g3d import MW_MSG3DBlock
+from msg3d.models.gcn import MSGCN
+from msg3d.models.graph import binary_adjacency
+from msg3d.models.tcn import MSTCN
+
+
+class MSG3D(nn.Module):
+    """MS-G3D: three stages of ``ReLU(spatial path + G3D path)`` followed by an MS-TCN.
+
+    Input ``(N, M, T, V, C)`` (samples, persons, frames, joints, channels); output
+    ``(N, M, 4 * base_channels, T', V)`` with ``T' = ceil(ceil(T / 2) / 2)``.
+
+    ``data_bn`` normalises every (person, joint, channel) feature over time; ``in_channels`` only
+    sizes it, since the first blocks take 3 channels as in PYSKL. Stage i (widths c1, c2, c3 =
+    base, 2 base, 4 base; stride 1, 2, 2):
+    ``sgcn_i`` = MSGCN(13 scales) -> MSTCN (with the stride) -> MSTCN without ReLU,
+    ``gcn3d_i`` = multi-window G3D (windows 3 and 5, 6 scales), ``tcn_i`` = MSTCN.
+    Construction order matches PYSKL's, so ``torch.manual_seed`` gives PYSKL's initialisation.
+    """
+
+    def __init__(self, layout="nturgb+d", in_channels=3, base_channels=96, num_gcn_scales=13, num_g3d_scales=6,
+                 num_person=2, tcn_dropout=0.0, window_sizes=(3, 5)):
+        super().__init__()
+        self.layout = get_layout(layout).name
+        adj = binary_adjacency(self.layout)
+        self.register_buffer("A", torch.tensor(adj, dtype=torch.float32))
+        num_joints = len(adj)
+        self.data_bn = nn.BatchNorm1d(num_person * num_joints * in_channels)
+        c1, c2, c3 = base_channels, base_channels * 2, base_channels * 4
+
+        def stage(c_in, c_mid, c_out, stride):
+            gcn3d = MW_MSG3DBlock(c_in, c_out, adj, num_g3d_scales, window_sizes, window_stride=stride)
+            sgcn = nn.Sequential(
+                MSGCN(num_gcn_scales, c_in, c_mid, adj),
+                MSTCN(c_mid, c_out, stride=stride),
+                MSTCN(c_out, c_out, activation=False),
+            )
+            tcn = MSTCN(c_out, c_out, dropout=tcn_dropout)
+            return gcn3d, sgcn, tcn
+
+        self.gcn3d1, self.sgcn1, self.tcn1 = stage(3, c1, c1, 1)
+        self.gcn3d2, self.sgcn2, self.tcn2 = stage(c1, c1, c2, 2)
+        self.gcn3d3, self.sgcn3, self.tcn3 = stage(c2, c2, c3, 2)
+
+    def forward(self, x):
+        n, m, t, v, c = x.shape
+        # data_bn feature index = m * V * C + v * C + c
+        x = self.data_bn(x.permute(0, 1, 3, 4, 2).reshape(n, m * v * c, t))
+        x = x.view(n * m, v, c, t).permute(0, 2, 3, 1).contiguous(memory_format=torch.channels_last)
+        for sgcn, gcn3d, tcn in ((self.sgcn1, self.gcn3d1, self.tcn1),
+                                 (self.sgcn2, self.gcn3d2, self.tcn2),
+                                 (self.sgcn3, self.gcn3d3, self.tcn3)):
+            x = tcn(F.relu(sgcn(x) + gcn3d(x), inplace=True))
+        return x.reshape((n, m) + x.shape[1:])

@@ -1,0 +1,112 @@
+"""Multi-scale graph convolution (MS-GCN), on single frames or on G3D temporal windows.
+
+Layout convention of the whole model: activations are ``(N, C, T, V)`` tensors (N = samples x
+persons, C channels, T frames, V joints) kept in ``torch.channels_last`` memory, i.e. stored as
+``(N, T, V, C)``. Then every 1x1 convolution is one GEMM over contiguous channel vectors, and the
+graph aggregation can read a frame (or a window of frames) as a plain ``(rows, C)`` matrix
+without any permute-and-copy.
+"""
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from msg3d.models.graph import multiscale_graph
+
+
+class MLP(nn.Module):
+    """1x1 convolution -> BatchNorm -> ReLU: PYSKL's one-layer ``MLP`` (keys ``layers.0``, ``layers.1``)."""
+
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        self.layers = nn.ModuleList([
+            nn.Conv2d(in_channels, out_channels, kernel_size=1),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        ])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class MSGCN(nn.Module):
+    """Disentangled multi-scale graph convolution, optionally over temporal windows (G3D).
+
+    For scale k the node features are averaged over the k-hop neighbourhood with the
+    column-normalised matrix ``A_k + PA_k``: ``support_k[..., u] = sum_v (A + PA)[k, v, u] x[..., v]``.
+    The K supports are stacked scale-major (channel ``k * C_in + c``) and mixed by ``mlp``
+    (1x1 conv -> BN -> ReLU), exactly as PYSKL's ``MSGCN`` / ``ST_MSGCN``.
+
+    With ``window_size`` w > 1 the graph is the G3D window graph over w consecutive frames
+    (``graph.window_adjacency``) and the windows are taken every ``window_stride`` frames of the
+    input as given (the caller pads it): input ``(N, C_in, T, V)``, output
+    ``(N, C_out, T_w, V * w)`` with ``T_w = (T - w) // window_stride + 1``. The output's nodes are
+    ordered joint-major, ``u * w + tau`` (PYSKL orders them ``tau * V + u``), so that the window
+    collapse that follows is a 1x1 convolution over contiguous ``(tau, channel)`` values.
+    With w = 1 the output is ``(N, C_out, T, V)``.
+
+    Buffers/parameters: ``A`` (K, wV, wV) the normalised scales, ``PA`` their learnable residual
+    (init U(-1e-6, 1e-6)); node index in both is PYSKL's ``tau * V + v``.
+    """
+
+    def __init__(self, num_scales, in_channels, out_channels, adj, window_size=1, window_stride=1):
+        super().__init__()
+        self.num_scales = num_scales
+        self.window_size = window_size
+        self.window_stride = window_stride
+        self.register_buffer("A", torch.tensor(multiscale_graph(adj, num_scales, window_size), dtype=torch.float32))
+        self.PA = nn.Parameter(torch.empty_like(self.A))
+        nn.init.uniform_(self.PA, -1e-6, 1e-6)
+        self.mlp = MLP(in_channels * num_scales, out_channels)
+        # Aggregating and projecting commute. Aggregate first when the input is narrower (the
+        # 3-channel first layer); otherwise project first: the projection then runs once per frame
+        # instead of once per window position, and the graph GEMM has a long inner dimension.
+        self.project_first = out_channels <= in_channels
+
+    def forward(self, x):
+        n, c, t, v = x.shape
+        k, w = self.num_scales, self.window_size
+        # Effective scales, indexed [k, tau, v, tau', u] (source node (tau, v), target (tau', u)).
+        a = (self.A + self.PA).view(k, w, v, w, v)
+        if self.project_first:
+            return self._project_then_aggregate(x, a)
+        return self._aggregate_then_project(x, a)
+
+    def _aggregate_then_project(self, x, a):
+        n, c, t, v = x.shape
+        k, w, s = self.num_scales, self.window_size, self.window_stride
+        # Rows (u, tau', k): the supports of one output node come out as contiguous scale-major
+        # (k, c) channel vectors, which is what the MLP's 1x1 conv reads.
+        a_rows = a.permute(4, 3, 0, 1, 2).reshape(v * w * k, w * v)
+        frames = x.permute(0, 2, 3, 1)  # (N, T, V, C), a view for channels_last x
+        windows = frames.unfold(1, w, s).permute(0, 1, 4, 2, 3)  # (N, T_w, w, V, C)
+        t_out = windows.shape[1]
+        windows = windows.reshape(n * t_out, w * v, c)  # copies only for w > 1 (C_in is small here)
+        support = torch.matmul(a_rows, windows)  # (N * T_w, V * w * K, C)
+        support = support.view(n, t_out, v * w, k * c).permute(0, 3, 1, 2)
+        return self.mlp(support)
+
+    def _project_then_aggregate(self, x, a):
+        n, c, t, v = x.shape
+        k, w, s = self.num_scales, self.window_size, self.window_stride
+        conv, bn, relu = self.mlp.layers
+        e = conv.out_channels
+        # MLP weight [o, k * C + c] as K stacked projections: output channel k * E + o.
+        proj = conv.weight.view(e, k, c).transpose(0, 1).reshape(k * e, c, 1, 1)
+        # Columns (tau, v, k) match the rows of a projected window below; rows (u, tau').
+        a_cols = a.permute(4, 3, 1, 2, 0).reshape(v * w, w * v * k)
+        t_out = (t - w) // s + 1
+        a_batch = a_cols.expand(t_out, -1, -1)
+        # One sequence at a time: the projected tensor is K times wider than the input, and a
+        # per-sequence slice stays in cache where the whole batch would be hundreds of MB.
+        outs = []
+        for i in range(n):
+            z = F.conv2d(x[i : i + 1], proj)  # (1, K * E, T, V), stored (T, V, K, E)
+            z = z.permute(0, 2, 3, 1).reshape(t, v * k, e)
+            # Overlapping windows as a strided view: window j = rows (tau, v, k) of frames j*s ... j*s+w-1.
+            z = z.unfold(0, w, s).permute(0, 3, 1, 2).reshape(t_out, w * v * k, e)
+            outs.append(torch.baddbmm(conv.bias, a_batch, z))  # (T_w, V * w, E)
+        y = torch.stack(outs).permute(0, 3, 1, 2)  # (N, E, T_w, V * w), channels_last
+        return relu(bn(y))

@@ -1,0 +1,39 @@
+"""Backbone + head, with PYSKL's multi-clip test-time averaging (REFERENCE §2.1)."""
+
+import torch
+import torch.nn as nn
+
+
+class RecognizerGCN(nn.Module):
+    """Skeleton action recognizer: ``cls_head(backbone(x))``.
+
+    ``forward`` takes ``(N, M, T, V, C)`` and returns logits ``(N, num_classes)``;
+    ``predict_probs`` takes ``(N, num_clips, M, T, V, C)`` and returns the clip-averaged softmax
+    probabilities ``(N, num_classes)``.
+    """
+
+    def __init__(self, backbone, cls_head):
+        super().__init__()
+        self.backbone = backbone
+        self.cls_head = cls_head
+
+    @property
+    def layout(self):
+        return self.backbone.layout
+
+    @property
+    def num_classes(self):
+        return self.cls_head.fc_cls.out_features
+
+    def forward(self, x):
+        return self.cls_head(self.backbone(x))
+
+    @torch.no_grad()
+    def predict_probs(self, x):
+        """PYSKL ``average_clips='prob'``: softmax over classes per clip, then mean over clips.
+
+        Runs the clips of all samples as one batch; call it in eval mode.
+        """
+        n, num_clips = x.shape[:2]
+        logits = self(x.reshape((n * num_clips,) + x.shape[2:]))
+        return logits.float().softmax(dim=-1).view(n, num_clips, -1).mean(dim=1)

@@ -1,0 +1,125 @@
+"""Hyper-parameters: PYSKL defaults, merging, validation, file/JSON loading; run-folder config checks."""
+
+import json
+
+import pytest
+
+from msg3d.engine.hparams import DEFAULTS, load_hparams, resolve_hparams, scaled_lr
+from msg3d.engine.train import config_differences, prepare_run_dir
+
+
+def test_defaults_are_pyskl_recipe():
+    hp = resolve_hparams()
+    assert hp == DEFAULTS
+    assert {k: hp[k] for k in ("epochs", "repeat", "batch_size", "lr", "lr_batch", "momentum", "nesterov",
+                               "weight_decay", "clip_len", "val_clips", "num_workers")} == {
+        "epochs": 16, "repeat": 5, "batch_size": 16, "lr": 0.1, "lr_batch": 128, "momentum": 0.9,
+        "nesterov": True, "weight_decay": 5e-4, "clip_len": 100, "val_clips": 1, "num_workers": 2}
+    assert hp["model"] == {"base_channels": 96, "num_gcn_scales": 13, "num_g3d_scales": 6}
+
+
+def test_model_dict_is_merged_over_defaults():
+    hp = resolve_hparams({"epochs": 2, "model": {"base_channels": 12}})
+    assert hp["epochs"] == 2
+    assert hp["model"] == {"base_channels": 12, "num_gcn_scales": 13, "num_g3d_scales": 6}
+    assert DEFAULTS["model"]["base_channels"] == 96  # defaults untouched
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"epoch": 2}, "unknown hyper-parameter 'epoch'"),
+        ({"model": {"channels": 8}}, "unknown hyper-parameter 'model.channels'"),
+        ({"epochs": 2.5}, "'epochs' must be an integer"),
+        ({"batch_size": True}, "'batch_size' must be an integer"),
+        ({"batch_size": 0}, "'batch_size' must be >= 1"),
+        ({"lr": 0}, "'lr' must be > 0"),
+        ({"lr": "fast"}, "'lr' must be a number"),
+        ({"nesterov": 1}, "'nesterov' must be true or false"),
+        ({"momentum": 1.0}, "'momentum' must be < 1"),
+        ({"momentum": 0.0}, "'nesterov' needs a momentum > 0"),
+        ({"model": 3}, "'model' must be a mapping"),
+    ],
+)
+def test_bad_hparams_name_the_key(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_hparams(overrides)
+
+
+def test_load_from_yaml_json_file_and_string(tmp_path):
+    yaml_file = tmp_path / "hp.yaml"
+    yaml_file.write_text("epochs: 3\nlr: 1e-3\nmodel:\n  num_gcn_scales: 3\n")  # PyYAML reads 1e-3 as text
+    hp = load_hparams(yaml_file)
+    assert (hp["epochs"], hp["lr"], hp["model"]["num_gcn_scales"]) == (3, 0.001, 3)
+    json_file = tmp_path / "hp.json"
+    json_file.write_text(json.dumps({"batch_size": 8}))
+    assert load_hparams(json_file)["batch_size"] == 8
+    assert load_hparams(json_text='{"repeat": 1}')["repeat"] == 1
+    assert load_hparams() == DEFAULTS
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_hparams(tmp_path / "empty.yaml") == DEFAULTS
+
+
+def test_load_errors_name_the_source(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    with pytest.raises(ValueError, match=r"unknown hyper-parameter 'epochz'.* in .*bad\.yaml"):
+        load_hparams(bad)
+    with pytest.raises(ValueError, match="cannot parse --hparams-json"):
+        load_hparams(json_text="{epochs: 3")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_hparams(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="must be a mapping"):
+        load_hparams(tmp_path / "list.yaml")
+
+
+def test_linear_scaling_rule():
+    hp = resolve_hparams()
+    assert scaled_lr(hp, 1) == pytest.approx(0.0125, rel=1e-15)  # PYSKL README: 1 GPU x 16 -> 0.0125
+    assert scaled_lr(hp, 8) == pytest.approx(0.1, rel=1e-15)
+    assert scaled_lr(resolve_hparams({"batch_size": 8, "lr": 0.2, "lr_batch": 64}), 2) == pytest.approx(0.05)
+
+
+def _config(**changes):
+    config = {"hparams": resolve_hparams(), "seed": 7, "data": {"store": "/s", "split": "xsub"}}
+    config.update(changes)
+    return config
+
+
+def test_config_differences_list_dotted_keys():
+    old = _config()
+    new = _config(hparams=resolve_hparams({"epochs": 3, "model": {"base_channels": 12}}))
+    assert config_differences(old, new) == [
+        "hparams.epochs: 16 -> 3",
+        "hparams.model.base_channels: 96 -> 12",
+    ]
+
+
+def test_run_dir_refuses_a_changed_config_unless_forced(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(_config()))
+    changed = _config(hparams=resolve_hparams({"epochs": 3}))
+    with pytest.raises(ValueError, match=r"different config.*\n  hparams.epochs: 16 -> 3"):
+        prepare_run_dir(tmp_path, changed, seed_given=True, resume=False, force=False)
+    assert prepare_run_dir(tmp_path, changed, seed_given=True, resume=False, force=True) == (changed, None)
+    # the same config starts over
+    assert prepare_run_dir(tmp_path, _config(), seed_given=True, resume=False, force=False) == (_config(), None)
+
+
+def test_run_dir_reuses_recorded_seed_without_seed_flag(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(_config(seed=1234)))
+    config, resume_from = prepare_run_dir(tmp_path, _config(seed=99), seed_given=False, resume=False, force=False)
+    assert config["seed"] == 1234 and resume_from is None
+    with pytest.raises(ValueError, match="seed: 1234 -> 99"):
+        prepare_run_dir(tmp_path, _config(seed=99), seed_given=True, resume=False, force=False)
+
+
+def test_resume_needs_checkpoint_and_same_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(_config()))
+    with pytest.raises(FileNotFoundError, match="no checkpoint .*latest.pth"):
+        prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=False)
+    (tmp_path / "latest.pth").write_bytes(b"")
+    assert prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=False)[1] == tmp_path / "latest.pth"
+    with pytest.raises(ValueError, match=r"(?s)--resume: the config differs.*hparams.lr: 0.1 -> 0.2"):
+        prepare_run_dir(tmp_path, _config(hparams=resolve_hparams({"lr": 0.2})), seed_given=False, resume=True,
+                        force=False)

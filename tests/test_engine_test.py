@@ -1,0 +1,190 @@
+"""`msg3d test`: output files, metrics vs hand-computed values, PYSKL checkpoints, clear errors."""
+
+import csv
+import hashlib
+import json
+import pickle
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+
+import msg3d.engine.test as engine_test
+from msg3d.cli import main as cli_main
+from msg3d.data import SkeletonDataset
+from msg3d.data.derive import derive_annotations
+from msg3d.data.store import open_store
+from msg3d.models import build_model
+from test_engine_common import (  # noqa: F401 - fixtures
+    REFERENCE,
+    load_state_dict,
+    make_store,
+    reference_run,
+    tiny_store,
+)
+
+pytestmark = pytest.mark.slow  # every test here needs the trained reference run
+
+TINY_HP_JSON = json.dumps({"clip_len": REFERENCE["clip_len"], "model": REFERENCE["model"]})
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def _pyskl_file(path, state_dict):
+    """A checkpoint as mmcv/PYSKL write it: text config in meta, no msg3d entries."""
+    torch.save({"meta": {"mmcv_version": "1.7.0", "epoch": 3, "iter": 9, "config": "model = dict(type='RecognizerGCN')"},
+                "state_dict": OrderedDict(state_dict), "optimizer": {"state": {}, "param_groups": []}}, path)
+    return path
+
+
+def _hand_metrics(probs, labels):
+    """PYSKL's metrics written out longhand."""
+    pred = probs.argmax(1)
+    top1 = np.mean([p == y for p, y in zip(pred, labels)])
+    top5 = np.mean([y in np.argsort(row)[-5:] for row, y in zip(probs, labels)])
+    classes = sorted(set(labels.tolist()) | set(pred.tolist()))
+    recalls = []
+    for c in classes:
+        n = np.sum(labels == c)
+        recalls.append(np.sum((labels == c) & (pred == c)) / n if n else 0.0)
+    return top1, top5, np.mean(recalls)
+
+
+def test_outputs_and_metrics(reference_run, tiny_store, tmp_path):
+    ckpt = reference_run / "best.pth"
+    scores_path = tmp_path / "j.pkl"
+    metrics = engine_test.evaluate_checkpoint(tiny_store, "tiny", ckpt, scores_path, num_clips=3, batch_size=4,
+                                              num_workers=0, device="cpu")
+    with open(scores_path, "rb") as f:
+        scores = pickle.load(f)
+    store = open_store(tiny_store)
+    val = store.splits["tiny_val"]
+    labels, frame_dirs = store.labels[val], store.frame_dirs[val]
+    assert isinstance(scores, list) and len(scores) == len(val) == 6
+    assert all(isinstance(s, np.ndarray) and s.shape == (3,) and s.dtype == np.float32 for s in scores)
+    probs = np.stack(scores)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-6)
+
+    # the scores are softmax per clip, mean over 3 test clips, in split order
+    model = build_model(3, layout="nturgb+d", **REFERENCE["model"]).eval()
+    model.load_state_dict(load_state_dict(ckpt))
+    ds = SkeletonDataset(tiny_store, "tiny_val", clip_len=REFERENCE["clip_len"], num_clips=3, test_mode=True)
+    with torch.no_grad():
+        x = torch.stack([ds[i][0] for i in range(len(ds))])  # (6, 3, 2, 16, 25, 3)
+        expected = model(x.flatten(0, 1)).softmax(-1).reshape(6, 3, 3).mean(1)
+    np.testing.assert_allclose(probs, expected.numpy(), rtol=0, atol=1e-6)
+
+    top1, top5, mca = _hand_metrics(probs, labels)
+    on_disk = json.loads((tmp_path / "j_metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    assert metrics["top1"] == pytest.approx(top1, abs=1e-12) and metrics["top5"] == 1.0
+    assert metrics["mean_class_accuracy"] == pytest.approx(mca, abs=1e-12)
+    assert metrics["num_samples"] == 6 and metrics["num_clips"] == 3 and metrics["split"] == "tiny_val"
+    assert metrics["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert metrics["checkpoint_format"] == "msg3d"
+    assert metrics["config"] == json.loads((reference_run / "config.json").read_text())
+
+    assert _read_csv(tmp_path / "j_samples.csv") == [["frame_dir", "label"]] + [
+        [f, str(y)] for f, y in zip(frame_dirs, labels)]
+    pred = probs.argmax(1)
+    cm = np.load(tmp_path / "j_confusion.npy")
+    assert cm.shape == (3, 3) and cm.dtype == np.int64
+    for t in range(3):
+        for p in range(3):
+            assert cm[t, p] == np.sum((labels == t) & (pred == p))
+    rows = _read_csv(tmp_path / "j_confusion.csv")
+    assert rows[0] == ["true\\pred", "0", "1", "2"]
+    assert [[int(v) for v in r] for r in rows[1:]] == [[t, *cm[t]] for t in range(3)]
+    per_class = _read_csv(tmp_path / "j_per_class.csv")
+    assert per_class[0] == ["class", "support", "correct", "accuracy"]
+    for c, row in enumerate(per_class[1:]):
+        assert [int(row[0]), int(row[1]), int(row[2])] == [c, 2, cm[c, c]]
+        assert float(row[3]) == cm[c, c] / 2
+
+
+def test_pyskl_checkpoint_round_trip_and_a_class_only_predicted(reference_run, tiny_store, tmp_path):
+    # Our checkpoint and the same weights in a PYSKL-style file give identical scores.
+    ours = engine_test.evaluate_checkpoint(tiny_store, "tiny", reference_run / "best.pth", tmp_path / "ours.pkl",
+                                           num_clips=2, num_workers=0, device="cpu")
+    sd = load_state_dict(reference_run / "best.pth")
+    assert all(k.startswith(("backbone.", "cls_head.")) for k in sd)
+    pyskl = _pyskl_file(tmp_path / "pyskl.pth", sd)
+    assert cli_main(["test", "--data", str(tiny_store), "--split", "tiny", "--checkpoint", str(pyskl),
+                     "--out", str(tmp_path / "pyskl.pkl"), "--num-clips", "2", "--num-workers", "0",
+                     "--device", "cpu", "--hparams-json", TINY_HP_JSON]) == 0
+    with open(tmp_path / "ours.pkl", "rb") as f, open(tmp_path / "pyskl.pkl", "rb") as g:
+        np.testing.assert_array_equal(np.stack(pickle.load(f)), np.stack(pickle.load(g)))
+    theirs = json.loads((tmp_path / "pyskl_metrics.json").read_text())
+    assert theirs["checkpoint_format"] == "pyskl" and theirs["config"] is None
+    assert theirs["top1"] == ours["top1"]
+
+    # A 4-class head whose class 3 copies class 0 with a higher bias: every class-0 prediction
+    # becomes 3, a class with no sample. PYSKL's mean class accuracy counts it as 0.
+    store4 = make_store(tmp_path / "j4", num_classes=3)  # same samples ...
+    meta = json.loads((store4 / "meta.json").read_text())
+    meta["num_classes"] = 4  # ... declared as 4 classes (class 3 has no sample)
+    (store4 / "meta.json").write_text(json.dumps(meta))
+    sd4 = dict(sd)
+    sd4["cls_head.fc_cls.weight"] = torch.cat([sd["cls_head.fc_cls.weight"], sd["cls_head.fc_cls.weight"][:1]])
+    sd4["cls_head.fc_cls.bias"] = torch.cat([sd["cls_head.fc_cls.bias"], sd["cls_head.fc_cls.bias"][:1] + 1.0])
+    m4 = engine_test.evaluate_checkpoint(store4, "tiny", _pyskl_file(tmp_path / "p4.pth", sd4), tmp_path / "p4.pkl",
+                                         num_clips=2, num_workers=0, device="cpu",
+                                         hparams={"clip_len": REFERENCE["clip_len"], "model": REFERENCE["model"]})
+    with open(tmp_path / "p4.pkl", "rb") as f:
+        probs = np.stack(pickle.load(f))
+    pred, labels = probs.argmax(1), open_store(store4).labels[open_store(store4).splits["tiny_val"]]
+    assert (pred == 3).any() and not (pred == 0).any() and 3 not in labels
+    top1, _, mca = _hand_metrics(probs, labels)
+    assert m4["top1"] == pytest.approx(top1, abs=1e-12)
+    assert m4["mean_class_accuracy"] == pytest.approx(mca, abs=1e-12)
+    # the classes averaged are those in labels or predictions: 0, 1, 2 (labels) and 3 (predicted)
+    recall = [np.sum((labels == c) & (pred == c)) / np.sum(labels == c) for c in (0, 1, 2)]
+    assert m4["mean_class_accuracy"] == pytest.approx((sum(recall) + 0.0) / 4, abs=1e-12)
+
+
+def _coco_store(path):
+    rng = np.random.default_rng(1)
+    anns = []
+    for i in range(4):
+        kp = rng.uniform(100, 900, (1, 20, 17, 2)).astype(np.float32)
+        anns.append({"frame_dir": f"S001C001P{i:03d}R001A001", "label": i % 3, "total_frames": 20, "keypoint": kp,
+                     "keypoint_score": rng.uniform(0.5, 1, (1, 20, 17)).astype(np.float32),
+                     "img_shape": (1080, 1920)})
+    names = [a["frame_dir"] for a in anns]
+    return derive_annotations({"split": {"tiny_train": names[:2], "tiny_val": names[2:]}, "annotations": anns},
+                              path, "coco", "j", num_classes=3, progress=False)
+
+
+def test_checkpoint_that_does_not_fit_the_store(reference_run, tiny_store, tmp_path):
+    ckpt = reference_run / "best.pth"
+    kwargs = dict(num_clips=1, num_workers=0, device="cpu")
+    store4 = make_store(tmp_path / "j4", num_classes=4)
+    with pytest.raises(ValueError, match=r"best.pth has 3 classes, but the store has 4"):
+        engine_test.evaluate_checkpoint(store4, "tiny", ckpt, tmp_path / "s.pkl", **kwargs)
+    coco = _coco_store(tmp_path / "coco")
+    with pytest.raises(ValueError, match=r"trained on layout 'nturgb\+d', but the store has 'coco'"):
+        engine_test.evaluate_checkpoint(coco, "tiny", ckpt, tmp_path / "s.pkl", **kwargs)
+    # without our config (PYSKL file) the graph's size gives the layout away
+    pyskl = _pyskl_file(tmp_path / "p.pth", load_state_dict(ckpt))
+    with pytest.raises(ValueError, match=r"25-joint layout, but the store's layout 'coco' has 17 joints"):
+        engine_test.evaluate_checkpoint(coco, "tiny", pyskl, tmp_path / "s.pkl", **kwargs)
+    with pytest.raises(ValueError, match="carries its training config; --hparams is only for"):
+        engine_test.evaluate_checkpoint(tiny_store, "tiny", ckpt, tmp_path / "s.pkl", hparams={"model": {}}, **kwargs)
+    assert not (tmp_path / "s.pkl").exists()
+
+
+def test_missing_inputs_are_clear_errors(reference_run, tiny_store, tmp_path, capsys):
+    base = ["test", "--out", str(tmp_path / "s.pkl"), "--device", "cpu", "--num-workers", "0"]
+    assert cli_main(base + ["--data", str(tiny_store), "--split", "tiny", "--checkpoint", str(tmp_path / "no.pth")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    assert cli_main(base + ["--data", str(tmp_path / "nostore"), "--split", "tiny",
+                            "--checkpoint", str(reference_run / "best.pth")]) == 2
+    assert "store not found" in capsys.readouterr().err
+    assert cli_main(base + ["--data", str(tiny_store), "--split", "xsub",
+                            "--checkpoint", str(reference_run / "best.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "split 'xsub'" in err and "tiny_train, tiny_val" in err

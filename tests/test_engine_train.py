@@ -1,0 +1,194 @@
+"""`msg3d train` on a tiny store: outputs, learning, determinism, exact resume after kill -9, DDP, errors."""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from msg3d.cli import main as cli_main
+from msg3d.engine.hparams import resolve_hparams
+from msg3d.engine.schedule import cosine_lr
+from msg3d.engine.train import EPOCH_COLUMNS, KILL_ENV, NonFiniteLossError, state_checksum, train
+from msg3d.models import build_model
+from test_engine_common import (  # noqa: F401 - fixtures
+    REFERENCE,
+    REFERENCE_SEED,
+    TINY,
+    assert_state_dicts_equal,
+    load_state_dict,
+    read_epochs,
+    reference_run,
+    tiny_store,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _msg3d(*args, env=None, timeout=240):
+    """Run ``python -m msg3d ARGS`` in a fresh process (single-threaded, like one of 2 cores)."""
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "msg3d", *args], cwd=REPO, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+# ----------------------------------------------------------------------------- errors (fast)
+
+
+def test_missing_store_is_a_clear_error(tmp_path, capsys):
+    code = cli_main(["train", "--data", str(tmp_path / "nowhere"), "--split", "tiny", "--out", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "msg3d train: error:" in err and "nowhere" in err and "store not found" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_split_lists_the_available_pairs(tiny_store, tmp_path):
+    with pytest.raises(ValueError, match=r"split 'xsub' needs 'xsub_train' and 'xsub_val'.*available split names: tiny"):
+        train(tiny_store, "xsub", tmp_path / "run", TINY, seed=0, device="cpu")
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_hparam_on_the_command_line(tiny_store, tmp_path, capsys):
+    code = cli_main(["train", "--data", str(tiny_store), "--split", "tiny", "--out", str(tmp_path / "run"),
+                     "--hparams-json", '{"epoch": 1}'])
+    assert code == 2
+    assert "unknown hyper-parameter 'epoch'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- one reference run
+
+
+@pytest.mark.slow
+def test_run_outputs_and_learning(reference_run, tiny_store):
+    config = json.loads((reference_run / "config.json").read_text())
+    assert config["seed"] == REFERENCE_SEED
+    assert config["hparams"] == resolve_hparams(REFERENCE)
+    assert config["data"]["store"] == str(Path(tiny_store).resolve())
+    assert (config["data"]["train_split"], config["data"]["val_split"]) == ("tiny_train", "tiny_val")
+    assert config["data"]["meta"]["modality"] == "j"
+    assert config["runtime"] == {"device": "cpu", "amp": None, "compile": False, "world_size": 1}
+    # 12 samples x repeat 1 / batch 4 -> 3 iterations per epoch; lr 0.1 x 4 / 4
+    assert config["derived"] == {"lr_used": 0.1, "global_batch": 4, "iters_per_epoch": 3, "max_iters": 9}
+
+    rows = read_epochs(reference_run / "epochs.csv", drop_timing=False)
+    assert list(rows[0]) == EPOCH_COLUMNS
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    # lr column: the cosine rate at each epoch's first iteration
+    assert [float(r["lr"]) for r in rows] == [cosine_lr(0.1, i, 9) for i in (0, 3, 6)]
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < losses[0] - 0.1, losses
+    assert float(rows[-1]["val_top1"]) >= 2 / 3, rows  # 3 easy classes
+
+    ckpt = torch.load(reference_run / "latest.pth", map_location="cpu", weights_only=True)
+    assert {"meta", "state_dict", "optimizer", "scheduler", "train_state"} <= set(ckpt)
+    assert {k.split(".")[0] for k in ckpt["state_dict"]} == {"backbone", "cls_head"}
+    assert ckpt["meta"]["config"] == config and ckpt["meta"]["iter"] == 9
+    best = torch.load(reference_run / "best.pth", map_location="cpu", weights_only=True)
+    best_epoch = max(rows, key=lambda r: (float(r["val_top1"]), -int(r["epoch"])))["epoch"]
+    assert best["meta"]["epoch"] == int(best_epoch)
+
+    log = [json.loads(line) for line in (reference_run / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log if r["type"] == "val"] == [3, 6, 9]
+    # checkpoints at every epoch end and every 2 iterations inside an epoch
+    assert [r["iter"] for r in log if r["type"] == "checkpoint"] == [2, 3, 4, 6, 8, 9]
+    assert not [p.name for p in reference_run.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.slow
+def test_same_seed_same_results_whatever_the_worker_count(reference_run, tiny_store, tmp_path):
+    # The per-item sampling RNG is seeded by (seed, epoch, item), so workers change nothing.
+    train(tiny_store, "tiny", tmp_path / "again", dict(REFERENCE, num_workers=2), seed=REFERENCE_SEED,
+          device="cpu")
+    assert read_epochs(tmp_path / "again" / "epochs.csv") == read_epochs(reference_run / "epochs.csv")
+    assert_state_dicts_equal(load_state_dict(tmp_path / "again" / "latest.pth"),
+                             load_state_dict(reference_run / "latest.pth"))
+    assert_state_dicts_equal(load_state_dict(tmp_path / "again" / "best.pth"),
+                             load_state_dict(reference_run / "best.pth"))
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_is_bit_identical(reference_run, tiny_store, tmp_path):
+    out = tmp_path / "killed"
+    args = ["train", "--data", str(tiny_store), "--split", "tiny", "--out", str(out),
+            "--hparams-json", json.dumps(REFERENCE), "--seed", str(REFERENCE_SEED), "--device", "cpu"]
+    # SIGKILL after iteration 5 of 9: the last checkpoint is iteration 4, one batch into epoch 2
+    killed = _msg3d(*args, env={KILL_ENV: "5"})
+    assert killed.returncode == -9, killed.stderr
+    meta = torch.load(out / "latest.pth", map_location="cpu", weights_only=True)["meta"]
+    assert (meta["epoch"], meta["iter"]) == (1, 4)
+    assert len(read_epochs(out / "epochs.csv")) == 1
+
+    # a changed config is refused on resume
+    changed = dict(REFERENCE, epochs=4)
+    with pytest.raises(ValueError, match=r"(?s)--resume: the config differs.*hparams.epochs: 3 -> 4"):
+        train(tiny_store, "tiny", out, changed, resume=True, device="cpu")
+
+    train(tiny_store, "tiny", out, REFERENCE, resume=True, device="cpu")  # seed comes from config.json
+    assert read_epochs(out / "epochs.csv") == read_epochs(reference_run / "epochs.csv")
+    assert_state_dicts_equal(load_state_dict(out / "latest.pth"), load_state_dict(reference_run / "latest.pth"))
+    assert_state_dicts_equal(load_state_dict(out / "best.pth"), load_state_dict(reference_run / "best.pth"))
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log if r["type"] == "checkpoint"] == [2, 3, 4, 6, 8, 9]  # iteration 5 not logged
+    assert [r["iter"] for r in log if r["type"] == "resume"] == [4]
+
+
+@pytest.mark.slow
+def test_changed_config_refused_unless_forced(reference_run, tiny_store, tmp_path, capsys):
+    args = ["train", "--data", str(tiny_store), "--split", "tiny", "--out", str(reference_run), "--device", "cpu",
+            "--hparams-json", json.dumps(dict(REFERENCE, lr=0.2))]
+    before = (reference_run / "config.json").read_text()
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "hparams.lr: 0.1 -> 0.2" in err and "--force" in err
+    assert (reference_run / "config.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_store, tmp_path):
+    out = tmp_path / "diverged"
+    hp = dict(TINY, epochs=1, lr=1e35, lr_batch=4, checkpoint_interval=1)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite training loss .* at iteration (\d+)") as info:
+        train(tiny_store, "tiny", out, hp, seed=0, device="cpu")
+    bad_iter = int(re.search(r"at iteration (\d+)", str(info.value)).group(1))
+    assert bad_iter >= 2
+    meta = torch.load(out / "latest.pth", map_location="cpu", weights_only=True)
+    assert meta["meta"]["iter"] == bad_iter - 1
+    assert all(torch.isfinite(t).all() for t in meta["state_dict"].values() if t.is_floating_point())
+    assert f"latest.pth (iteration {bad_iter - 1})" in str(info.value)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_ranks_agree_and_rank0_writes_once(tiny_store, tmp_path):
+    out = tmp_path / "ddp"
+    hp = dict(TINY, batch_size=3, lr_batch=6, checkpoint_interval=1)  # 12 samples / (3 x 2) = 2 iters/epoch
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "msg3d",
+         "train", "--data", str(tiny_store), "--split", "tiny", "--out", str(out), "--device", "cpu",
+         "--seed", "5", "--hparams-json", json.dumps(hp)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sums = dict(re.findall(r"rank (\d) final weights sha256 ([0-9a-f]{64})", proc.stderr))
+    assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], proc.stderr[-2000:]
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["runtime"]["world_size"] == 2
+    assert config["derived"] == {"lr_used": 0.1, "global_batch": 6, "iters_per_epoch": 2, "max_iters": 4}
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log if r["type"] == "checkpoint"] == [1, 2, 3, 4]  # once each, not per rank
+    assert len(read_epochs(out / "epochs.csv")) == 2
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    # the saved weights are the ranks' weights
+    model = build_model(3, layout="nturgb+d", **TINY["model"])
+    model.load_state_dict(load_state_dict(out / "latest.pth"))
+    assert state_checksum(model) == sums["0"]
+    # validation covered every val sample once (6 samples, padded per rank and trimmed)
+    val = [r for r in log if r["type"] == "val"][-1]
+    assert math.isclose(val["top1"] * 6, round(val["top1"] * 6))

@@ -1,0 +1,125 @@
+"""Score fusion: hand-computed weighted sums, sample-order checks, the weight search, the CLI."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from msg3d.cli import main
+from msg3d.fusion import fuse_files, fuse_scores, search_weights, stratified_halves
+
+FRAME_DIRS = ["S001C001P003R001A001", "S001C001P003R001A002", "S001C001P003R001A003"]
+LABELS = [0, 1, 2]
+
+# Three samples, three classes. Stream j gets sample 1 wrong, stream b gets sample 2 wrong.
+J = np.array([[0.6, 0.3, 0.1], [0.5, 0.4, 0.1], [0.1, 0.2, 0.7]])
+B = np.array([[0.5, 0.2, 0.3], [0.1, 0.8, 0.1], [0.2, 0.5, 0.3]])
+
+
+def write_stream(folder, name, probs, frame_dirs=FRAME_DIRS, labels=LABELS):
+    path = folder / f"{name}.pkl"
+    with open(path, "wb") as f:
+        pickle.dump([np.asarray(p, dtype=np.float32) for p in probs], f)
+    rows = ["frame_dir,label"] + [f"{d},{y}" for d, y in zip(frame_dirs, labels)]
+    (folder / f"{name}_samples.csv").write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_weighted_sum_by_hand():
+    fused = fuse_scores({"j": J, "b": B}, {"j": 2, "b": 1})
+    # sample 1: 2*[0.5,0.4,0.1] + [0.1,0.8,0.1] = [1.1, 1.6, 0.3]
+    np.testing.assert_allclose(fused[1], [1.1, 1.6, 0.3])
+    np.testing.assert_allclose(fused[0], [1.7, 0.8, 0.5])
+    np.testing.assert_allclose(fused[2], [0.4, 0.9, 1.7])
+
+
+def test_fuse_files_metrics_and_outputs(tmp_path):
+    paths = {"j": write_stream(tmp_path, "j", J), "b": write_stream(tmp_path, "b", B)}
+    out = tmp_path / "out" / "2s.json"
+    result = fuse_files(paths, {"j": 1, "b": 1}, out, tmp_path / "out" / "2s.pkl", scheme="2s")
+    # j+b: [1.1,.5,.4] -> 0 ok; [.6,1.2,.2] -> 1 ok; [.3,.7,1.0] -> 2 ok
+    assert result["top1"] == 1.0
+    assert result["streams"]["j"]["top1"] == pytest.approx(2 / 3)
+    assert result["streams"]["b"]["top1"] == pytest.approx(2 / 3)
+    assert json.loads(out.read_text()) == result
+    with open(tmp_path / "out" / "2s.pkl", "rb") as f:
+        fused = np.stack(pickle.load(f))
+    # the pickles hold float32, so the sum is of the float32 values
+    np.testing.assert_allclose(fused[2], [0.3, 0.7, 1.0], rtol=1e-6)
+    assert (tmp_path / "out" / "2s_samples.csv").read_text() == (tmp_path / "j_samples.csv").read_text()
+
+
+def test_weights_change_the_winner(tmp_path):
+    paths = {"j": write_stream(tmp_path, "j", J), "b": write_stream(tmp_path, "b", B)}
+    # 3:1 for j: sample 1 -> [1.6, 2.0, .4] still 1; sample 2 -> [.5, 1.1, 2.4] -> 2. All right.
+    # 1:3 for j: sample 2 -> [0.7, 1.7, 1.6] -> 1, wrong.
+    result = fuse_files(paths, {"j": 1, "b": 3}, tmp_path / "x.json")
+    assert result["top1"] == pytest.approx(2 / 3)
+
+
+def test_mismatched_order_is_rejected(tmp_path):
+    j = write_stream(tmp_path, "j", J)
+    b = write_stream(tmp_path, "b", B[::-1], frame_dirs=FRAME_DIRS[::-1], labels=LABELS[::-1])
+    with pytest.raises(ValueError, match=r"different samples or a different order: sample 0 .*A001.*A003"):
+        fuse_files({"j": j, "b": b}, {"j": 1, "b": 1}, tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_different_sample_sets_and_labels_are_rejected(tmp_path):
+    j = write_stream(tmp_path, "j", J)
+    b = write_stream(tmp_path, "b", B[:2], frame_dirs=FRAME_DIRS[:2], labels=LABELS[:2])
+    with pytest.raises(ValueError, match="cover different samples: 3 in .*j.pkl, 2 in .*b.pkl"):
+        fuse_files({"j": j, "b": b}, {"j": 1, "b": 1}, tmp_path / "x.json")
+    b = write_stream(tmp_path, "b", B, labels=[0, 1, 1])
+    with pytest.raises(ValueError, match="disagree on the label of sample S001C001P003R001A003"):
+        fuse_files({"j": j, "b": b}, {"j": 1, "b": 1}, tmp_path / "x.json")
+
+
+def test_scores_and_sample_list_must_agree(tmp_path):
+    j = write_stream(tmp_path, "j", J[:2])
+    with pytest.raises(ValueError, match="2 score vectors but 3 samples"):
+        fuse_files({"j": j}, {"j": 1}, tmp_path / "x.json")
+    (tmp_path / "j_samples.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="j_samples.csv: sample list not found"):
+        fuse_files({"j": j}, {"j": 1}, tmp_path / "x.json")
+
+
+def test_bad_weights():
+    with pytest.raises(ValueError, match=r"weights are given for \['j'\] but the streams are \['b', 'j'\]"):
+        fuse_scores({"j": J, "b": B}, {"j": 1})
+    with pytest.raises(ValueError, match="weight of stream 'b' must be a finite number >= 0"):
+        fuse_scores({"j": J, "b": B}, {"j": 1, "b": -1})
+    with pytest.raises(ValueError, match="all fusion weights are zero"):
+        fuse_scores({"j": J, "b": B}, {"j": 0, "b": 0})
+
+
+def test_stratified_halves_are_disjoint_and_cover_every_class():
+    labels = np.repeat(np.arange(4), 5)
+    select, evaluate = stratified_halves(labels, seed=3)
+    assert len(select) == 12 and len(evaluate) == 8
+    assert not set(select) & set(evaluate)
+    assert set(labels[select]) == set(labels[evaluate]) == {0, 1, 2, 3}
+    again = stratified_halves(labels, seed=3)
+    assert np.array_equal(again[0], select)
+
+
+def test_search_picks_the_stream_that_is_right_on_the_selection_half():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 6)
+    good = np.eye(3)[labels] * 0.6 + rng.random((18, 3)) * 0.1  # always right
+    bad = np.eye(3)[(labels + 1) % 3] * 0.9  # always wrong, and more confident
+    found = search_weights({"good": good, "bad": bad}, labels, grid=[0, 1, 2])
+    assert found["weights"] == {"bad": 0, "good": 1}
+    assert found["select"]["top1"] == found["evaluate"]["top1"] == 1.0
+    assert found["select"]["num_samples"] + found["evaluate"]["num_samples"] == 18
+
+
+def test_cli(tmp_path, capsys):
+    j, b = write_stream(tmp_path, "j", J), write_stream(tmp_path, "b", B)
+    out = tmp_path / "f.json"
+    assert main(["fuse", "--scores", f"j={j}", f"b={b}", "--weights-json", '{"j": 1, "b": 3}', "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["weights"] == {"b": 3, "j": 1}
+    assert main(["fuse", "--scores", f"j={j}", f"b={b}", "--weights-json", '{"j": 1}', "--out", str(out)]) == 2
+    assert "msg3d fuse: error: weights are given for ['j']" in capsys.readouterr().err
+    assert main(["fuse", "--scores", f"j={j}", "--search", "0,x", "--out", str(out)]) == 2

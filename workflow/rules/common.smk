@@ -1,0 +1,430 @@
+# Config validation, the code digests, and the helpers that turn the config into paths, params and
+# targets. No rules here (the linter wants functions and rules apart); no msg3d import either (it is
+# not importable from Snakemake's own interpreter unless installed: rules call `python -m msg3d`).
+
+import ast
+import functools
+import hashlib
+import json
+import os
+import shlex
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+validate(config, "../schemas/config.schema.yaml")
+
+# layout of each annotation kind, and the benchmarks each NTU release defines
+LAYOUTS = {"3dkp": "nturgb+d", "hrnet": "coco"}
+NTU_SPLITS = {"ntu60": ["xsub", "xview"], "ntu120": ["xsub", "xset"]}
+DATASETS = config["datasets"]
+STREAMS = config["streams"]
+SCHEMES = config["fusion"]
+SEARCH = "search"  # scheme name of the weight search (fusion_search)
+ENTRIES = [
+    *STREAMS,
+    *SCHEMES,
+]  # everything with a scores pickle: streams and fixed-weight schemes
+# torch intra-op threads of train/test (Snakemake exports OMP_NUM_THREADS={threads}); the cap
+# is the machine, not --cores, so `--cores 8` on a 2-core laptop does not oversubscribe it
+TORCH_THREADS = min(8, os.cpu_count() or 1)
+
+
+def _check_config():
+    """Cross-key checks the schema cannot express; a clear error at parse time."""
+    for name, ds in DATASETS.items():
+        where = f"config: datasets.{name}"
+        bad = [s for s in ds["splits"] if s not in NTU_SPLITS[ds["ntu"]]]
+        if bad:
+            raise ValueError(
+                f"{where}.splits: {bad} not defined for {ds['ntu']} (use {NTU_SPLITS[ds['ntu']]})"
+            )
+        if ds["source"] != "demo" and not ds["path"]:
+            raise ValueError(f"{where}.path: required for source {ds['source']}")
+        if ds["source"] == "demo" and (ds["ntu"], ds["annotation"]) != (
+            "ntu60",
+            "3dkp",
+        ):
+            raise ValueError(
+                f"{where}: the demo is NTU60-style 3D data (ntu: ntu60, annotation: 3dkp)"
+            )
+        if ds["source"] == "ntu_raw" and ds["annotation"] != "3dkp":
+            raise ValueError(
+                f"{where}.annotation: raw .skeleton files hold 3D joints (3dkp)"
+            )
+        for split, streams in ds["checkpoints"].items():
+            if split not in ds["splits"]:
+                raise ValueError(
+                    f"{where}.checkpoints.{split}: not one of the dataset's splits {ds['splits']}"
+                )
+            bad = [s for s in streams if s not in STREAMS]
+            if bad:
+                raise ValueError(
+                    f"{where}.checkpoints.{split}: streams {bad} are not in streams {STREAMS}"
+                )
+    for scheme, weights in SCHEMES.items():
+        bad = [s for s in weights if s not in STREAMS]
+        if bad:
+            raise ValueError(
+                f"config: fusion.{scheme}: streams {bad} are not in streams {STREAMS}"
+            )
+        if not any(weights.values()):
+            raise ValueError(f"config: fusion.{scheme}: all weights are zero")
+    if config["demo"]["min_frames"] > config["demo"]["max_frames"]:
+        raise ValueError("config: demo.min_frames is larger than demo.max_frames")
+
+
+_check_config()
+
+
+def canonical(obj):
+    """Canonical JSON: the same content gives the same params, whatever the key order."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def choice(names):
+    """Regex matching exactly one of ``names`` (none: a regex that never matches)."""
+    return "|".join(sorted(names, key=len, reverse=True)) or "(?!)"
+
+
+# --------------------------------------------------------------------------- code digests
+
+MSG3D_DIR = Path(workflow.basedir).parent / "msg3d"
+with open(Path(workflow.basedir) / "code_parts.yaml", encoding="utf-8") as _f:
+    CODE_PARTS = yaml.safe_load(_f)
+# FILE -> names of its definitions that are hashed on their own (FILE::NAME parts)
+CARVED = {}
+for _stage in CODE_PARTS["stages"].values():
+    for _part in _stage.get("by_modality", {}):
+        _file, _, _name = _part.partition("::")
+        CARVED.setdefault(_file, set()).add(_name)
+
+
+def _definition_spans(path, text):
+    """Top-level def/class name -> (first line incl. decorators, last line), 1-based."""
+    spans = {}
+    for node in ast.parse(text, filename=str(path)).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            spans[node.name] = (first, node.end_lineno)
+    return spans
+
+
+@functools.cache
+def _part_bytes(part):
+    """Bytes of one code part: a file (minus its carved definitions), a FILE::NAME, or a folder."""
+    file, _, name = part.partition("::")
+    path = MSG3D_DIR / file
+    if not path.exists():
+        raise FileNotFoundError(
+            f"workflow/code_parts.yaml lists msg3d/{file}, which does not exist"
+        )
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.py") if "__pycache__" not in p.parts)
+        return b"\0".join(
+            b"%s\0%s" % (p.relative_to(path).as_posix().encode(), p.read_bytes())
+            for p in files
+        )
+    if not name and file not in CARVED:
+        return path.read_bytes()
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    spans = _definition_spans(path, text)
+    missing = [n for n in ([name] if name else CARVED[file]) if n not in spans]
+    if missing:
+        raise ValueError(
+            f"workflow/code_parts.yaml names {missing} in msg3d/{file}, which defines no such thing"
+        )
+    if name:
+        first, last = spans[name]
+        return "".join(lines[first - 1 : last]).encode()
+    carved = set()
+    for n in CARVED[file]:
+        first, last = spans[n]
+        carved.update(range(first, last + 1))
+    return "".join(
+        line for i, line in enumerate(lines, start=1) if i not in carved
+    ).encode()
+
+
+@functools.cache
+def code_digest(stage, modality=None):
+    """First 16 hex digits of the sha256 of the msg3d code that ``stage`` runs (code_parts.yaml)."""
+    entry = CODE_PARTS["stages"][stage]
+    parts = list(entry["files"])
+    parts += [
+        p
+        for p, modalities in entry.get("by_modality", {}).items()
+        if modality in modalities
+    ]
+    h = hashlib.sha256()
+    for part in sorted(parts):
+        h.update(b"%s\0%s\0" % (part.encode(), _part_bytes(part)))
+    return h.hexdigest()[:16]
+
+
+def derive_code(wildcards):
+    return code_digest("derive", wildcards.stream)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def annotation_source(wildcards):
+    """convert_ntu's input: the demo folder, or the raw folder (ancient: adding files does not rerun)."""
+    ds = DATASETS[wildcards.dataset]
+    if ds["source"] == "demo":
+        return f"results/demo/{wildcards.dataset}/skeletons"
+    return ancient(ds["path"])
+
+
+def pyskl_source(wildcards):
+    return DATASETS[wildcards.dataset]["path"]
+
+
+def ntu_release(wildcards):
+    return DATASETS[wildcards.dataset]["ntu"]
+
+
+def layout(wildcards):
+    return LAYOUTS[DATASETS[wildcards.dataset]["annotation"]]
+
+
+# --------------------------------------------------------------------------- train / test
+
+TRAIN_HPARAMS = canonical(config["train"])
+DEVICE_ARG = f"--device {config['device']}" if config["device"] else ""
+
+
+def given_checkpoint(wildcards):
+    """The checkpoint the config names for this dataset/split/stream, or None (train it)."""
+    return (
+        DATASETS[wildcards.dataset]["checkpoints"]
+        .get(wildcards.split, {})
+        .get(wildcards.stream)
+    )
+
+
+def is_url(location):
+    return location.startswith(("http://", "https://"))
+
+
+def test_weights(wildcards):
+    """The test's checkpoint input: the training run folder, a local .pth, or a downloaded one."""
+    given = given_checkpoint(wildcards)
+    if given is None:
+        return "results/train/{dataset}/{split}/{stream}".format(**wildcards)
+    if is_url(given):
+        return "resources/checkpoints/{dataset}/{split}/{stream}.pth".format(
+            **wildcards
+        )
+    return given
+
+
+def test_checkpoint(wildcards):
+    """The .pth file that `msg3d test` loads (inside the run folder when trained here)."""
+    if given_checkpoint(wildcards) is None:
+        which = config["test"]["checkpoint"]
+        return f"results/train/{wildcards.dataset}/{wildcards.split}/{wildcards.stream}/{which}.pth"
+    return test_weights(wildcards)
+
+
+def checkpoint_url(wildcards):
+    given = given_checkpoint(wildcards)
+    if given is None or not is_url(given):
+        raise ValueError(
+            f"no checkpoint URL configured for {wildcards.dataset} {wildcards.split} {wildcards.stream}"
+        )
+    return given
+
+
+def test_outputs(dataset, split, stream):
+    return f"results/test/{dataset}/{split}/{stream}/scores.pkl"
+
+
+# --------------------------------------------------------------------------- fusion
+
+
+def scheme_streams(scheme):
+    return sorted(config["streams"]) if scheme == SEARCH else sorted(SCHEMES[scheme])
+
+
+def fusion_inputs(wildcards, scheme=None):
+    """Scores and sample lists of the streams a scheme fuses."""
+    scheme = scheme or wildcards.scheme
+    stems = [
+        f"results/test/{wildcards.dataset}/{wildcards.split}/{s}/scores"
+        for s in scheme_streams(scheme)
+    ]
+    return [
+        *(f"{stem}.pkl" for stem in stems),
+        *(f"{stem}_samples.csv" for stem in stems),
+    ]
+
+
+def search_inputs(wildcards):
+    return fusion_inputs(wildcards, SEARCH)
+
+
+def scores_args(dataset, split, streams):
+    return " ".join(
+        shlex.quote(f"{s}={test_outputs(dataset, split, s)}") for s in streams
+    )
+
+
+def fusion_scores(wildcards):
+    return scores_args(
+        wildcards.dataset, wildcards.split, scheme_streams(wildcards.scheme)
+    )
+
+
+def search_scores(wildcards):
+    return scores_args(wildcards.dataset, wildcards.split, scheme_streams(SEARCH))
+
+
+def fusion_weights(wildcards):
+    return canonical(SCHEMES[wildcards.scheme])
+
+
+SEARCH_GRID = ",".join(str(g) for g in sorted(set(config["fusion_search"]["grid"])))
+
+
+# --------------------------------------------------------------------------- table and plots
+
+
+def fused_schemes():
+    return [*SCHEMES, *([SEARCH] if config["fusion_search"]["enabled"] else [])]
+
+
+def table_rows():
+    """The table spec (msg3d.report.table): one row per dataset and split, in config order."""
+    rows = []
+    for name, ds in DATASETS.items():
+        for split in ds["splits"]:
+            results = {}
+            for stream in STREAMS:
+                results[stream] = {
+                    "metrics": f"results/test/{name}/{split}/{stream}/metrics.json",
+                    "source": (
+                        "pretrained"
+                        if stream in ds["checkpoints"].get(split, {})
+                        else "trained"
+                    ),
+                }
+            for scheme in fused_schemes():
+                results[scheme] = {
+                    "metrics": f"results/fusion/{name}/{split}/{scheme}.json",
+                    "source": "fusion",
+                }
+            reference = (
+                f"{ds['ntu']}_{split}_{ds['annotation']}" if ds["reference"] else None
+            )
+            rows.append(
+                {
+                    "dataset": name,
+                    "split": split,
+                    "annotation": ds["annotation"],
+                    "reference": reference,
+                    "results": results,
+                }
+            )
+    return rows
+
+
+TABLE_SPEC = canonical(table_rows())
+REFERENCE_TABLE = "config/model_zoo_reference.yaml"
+
+
+def table_inputs(wildcards):
+    files = [
+        item["metrics"] for row in table_rows() for item in row["results"].values()
+    ]
+    if any(ds["reference"] for ds in DATASETS.values()):
+        files.append(REFERENCE_TABLE)
+    return files
+
+
+def reference_arg(wildcards):
+    return (
+        f"--reference {REFERENCE_TABLE}"
+        if REFERENCE_TABLE in table_inputs(wildcards)
+        else ""
+    )
+
+
+def trained_streams(dataset, split):
+    return [
+        s for s in STREAMS if s not in DATASETS[dataset]["checkpoints"].get(split, {})
+    ]
+
+
+def curve_inputs(wildcards):
+    return [
+        f"results/train/{wildcards.dataset}/{wildcards.split}/{s}"
+        for s in trained_streams(wildcards.dataset, wildcards.split)
+    ]
+
+
+def curve_runs(wildcards):
+    return " ".join(
+        shlex.quote(
+            f"{s}=results/train/{wildcards.dataset}/{wildcards.split}/{s}/epochs.csv"
+        )
+        for s in trained_streams(wildcards.dataset, wildcards.split)
+    )
+
+
+def scores_file(dataset, split, entry):
+    """The scores pickle of a stream or a fixed-weight fusion scheme."""
+    if entry in SCHEMES:
+        return f"results/fusion/{dataset}/{split}/{entry}.pkl"
+    return test_outputs(dataset, split, entry)
+
+
+def confusion_scores(wildcards):
+    return scores_file(wildcards.dataset, wildcards.split, wildcards.entry)
+
+
+def confusion_inputs(wildcards):
+    stem = confusion_scores(wildcards)[: -len(".pkl")]
+    return [f"{stem}.pkl", f"{stem}_samples.csv"]
+
+
+def confusion_title(wildcards):
+    return f"{wildcards.dataset} {wildcards.split}: {wildcards.entry}"
+
+
+def per_class_inputs(wildcards):
+    stems = [
+        scores_file(wildcards.dataset, wildcards.split, e)[: -len(".pkl")]
+        for e in ENTRIES
+    ]
+    return [
+        *(f"{stem}.pkl" for stem in stems),
+        *(f"{stem}_samples.csv" for stem in stems),
+    ]
+
+
+def per_class_scores(wildcards):
+    return " ".join(
+        shlex.quote(f"{e}={scores_file(wildcards.dataset, wildcards.split, e)}")
+        for e in ENTRIES
+    )
+
+
+def plot_title(wildcards):
+    return f"{wildcards.dataset} {wildcards.split}"
+
+
+def final_outputs():
+    """The targets of the default rule: the table and, per dataset and split, the plots."""
+    targets = ["results/model_zoo.md", "results/model_zoo.csv"]
+    for name, ds in DATASETS.items():
+        for split in ds["splits"]:
+            plots = f"results/plots/{name}/{split}"
+            if trained_streams(name, split):
+                targets.append(f"{plots}/curves.svg")
+            targets.append(f"{plots}/per_class.svg")
+            targets += [f"{plots}/confusion_{entry}.svg" for entry in ENTRIES]
+    return targets
