@@ -161,8 +161,9 @@ class PysklRecognizer(nn.Module):
         self.cls_head.fc_cls = nn.Linear(384, num_classes)
 
     def forward(self, x):
-        n, m, c = x.shape[0], x.shape[1], 384
-        feat = F.adaptive_avg_pool2d(self.backbone(x).reshape(n * m, c, *x.shape[2:3], -1), 1)
+        feat = self.backbone(x)
+        n, m, c = feat.shape[:3]
+        feat = F.adaptive_avg_pool2d(feat.reshape((n * m,) + feat.shape[2:]), 1)
         return self.cls_head.fc_cls(feat.reshape(n, m, c).mean(dim=1))
 
 

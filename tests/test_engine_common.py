@@ -63,15 +63,15 @@ def read_epochs(path, drop_timing=True):
     return rows
 
 
-# A reference run shared by the train and test tests: lr scaled up (lr_batch = batch) so that the
-# tiny model learns within 3 epochs; a checkpoint every 2 iterations for the resume test.
-REFERENCE = dict(TINY, epochs=3, lr_batch=4, checkpoint_interval=2)
+# A reference run shared by the train and test tests: 3 epochs x 9 iterations (repeat 3), lr 0.03
+# for the batch of 4, so that the tiny model learns; a checkpoint every 4 iterations for resuming.
+REFERENCE = dict(TINY, epochs=3, repeat=3, lr=0.03, lr_batch=4, checkpoint_interval=4)
 REFERENCE_SEED = 11
 
 
 @pytest.fixture(scope="session")
 def reference_run(tiny_store, tmp_path_factory):
-    """RUN_DIR of an uninterrupted REFERENCE training on ``tiny_store`` (3 epochs x 3 iterations)."""
+    """RUN_DIR of an uninterrupted REFERENCE training on ``tiny_store`` (3 epochs x 9 iterations)."""
     from msg3d.engine.train import train
 
     out = tmp_path_factory.mktemp("runs") / "reference"

@@ -27,11 +27,13 @@ SPLIT_NAMES = {
 }
 
 # Cross-subject training performers (NTU120's 53; the first 20 are NTU60's).
+# fmt: off
 XSUB_TRAIN_SUBJECTS = frozenset((
     1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38, 45, 46, 47, 49, 50,
     52, 53, 54, 55, 56, 57, 58, 59, 70, 74, 78, 80, 81, 82, 83, 84, 85, 86, 89, 91, 92, 93, 94, 95,
     97, 98, 100, 103,
 ))
+# fmt: on
 XVIEW_VAL_CAMERA = 1
 
 _MISSING_FILE = Path(__file__).with_name("ntu120_missing.txt")

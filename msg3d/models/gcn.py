@@ -77,15 +77,16 @@ class MSGCN(nn.Module):
     def _aggregate_then_project(self, x, a):
         n, c, t, v = x.shape
         k, w, s = self.num_scales, self.window_size, self.window_stride
-        # Rows (u, tau', k): the supports of one output node come out as contiguous scale-major
-        # (k, c) channel vectors, which is what the MLP's 1x1 conv reads.
-        a_rows = a.permute(4, 3, 0, 1, 2).reshape(v * w * k, w * v)
-        frames = x.permute(0, 2, 3, 1)  # (N, T, V, C), a view for channels_last x
-        windows = frames.unfold(1, w, s).permute(0, 1, 4, 2, 3)  # (N, T_w, w, V, C)
+        # Columns (u, tau', k): once channels are moved last, the supports of one output node are
+        # contiguous scale-major (k, c) vectors, which is what the MLP's 1x1 conv reads.
+        a_cols = a.permute(1, 2, 4, 3, 0).reshape(w * v, v * w * k)
+        # Windows as rows (N, T_w, C) x columns (tau, v): one tall GEMM. (With C_in = 3 as the
+        # output's last dimension instead, the GEMM would run at a few GFLOP/s.)
+        windows = x.unfold(2, w, s).permute(0, 2, 1, 4, 3)  # (N, T_w, C, w, V)
         t_out = windows.shape[1]
-        windows = windows.reshape(n * t_out, w * v, c)  # copies only for w > 1 (C_in is small here)
-        support = torch.matmul(a_rows, windows)  # (N * T_w, V * w * K, C)
-        support = support.view(n, t_out, v * w, k * c).permute(0, 3, 1, 2)
+        support = torch.matmul(windows.reshape(n * t_out * c, w * v), a_cols)  # (N * T_w * C, V * w * K)
+        support = support.view(n, t_out, c, v * w, k).permute(0, 1, 3, 4, 2)  # (N, T_w, V * w, K, C)
+        support = support.reshape(n, t_out, v * w, k * c).permute(0, 3, 1, 2)  # copy; channels_last
         return self.mlp(support)
 
     def _project_then_aggregate(self, x, a):
@@ -98,15 +99,16 @@ class MSGCN(nn.Module):
         # Columns (tau, v, k) match the rows of a projected window below; rows (u, tau').
         a_cols = a.permute(4, 3, 1, 2, 0).reshape(v * w, w * v * k)
         t_out = (t - w) // s + 1
-        a_batch = a_cols.expand(t_out, -1, -1)
-        # One sequence at a time: the projected tensor is K times wider than the input, and a
-        # per-sequence slice stays in cache where the whole batch would be hundreds of MB.
+        import os
+        budget = int(os.environ.get("CHUNK_BYTES", "0"))
+        chunk = max(1, budget // (t * v * k * e * 4))
         outs = []
-        for i in range(n):
-            z = F.conv2d(x[i : i + 1], proj)  # (1, K * E, T, V), stored (T, V, K, E)
-            z = z.permute(0, 2, 3, 1).reshape(t, v * k, e)
-            # Overlapping windows as a strided view: window j = rows (tau, v, k) of frames j*s ... j*s+w-1.
-            z = z.unfold(0, w, s).permute(0, 3, 1, 2).reshape(t_out, w * v * k, e)
-            outs.append(torch.baddbmm(conv.bias, a_batch, z))  # (T_w, V * w, E)
-        y = torch.stack(outs).permute(0, 3, 1, 2)  # (N, E, T_w, V * w), channels_last
+        for i in range(0, n, chunk):
+            xc = x[i : i + chunk]
+            m = xc.shape[0]
+            z = F.conv2d(xc, proj)  # (1, K * E, T, V), stored (T, V, K, E)
+            z = z.permute(0, 2, 3, 1).reshape(m, t, v * k, e)
+            z = z.unfold(1, w, s).permute(0, 1, 4, 2, 3).reshape(m * t_out, w * v * k, e)
+            outs.append(torch.baddbmm(conv.bias, a_cols.expand(m * t_out, -1, -1), z))  # (T_w, V * w, E)
+        y = torch.cat(outs).view(n, t_out, v * w, e).permute(0, 3, 1, 2)  # (N, E, T_w, V * w), channels_last
         return relu(bn(y))

@@ -171,6 +171,11 @@ def derive_code(wildcards):
 # --------------------------------------------------------------------------- data
 
 
+# datasets read from .skeleton files (converted) and from PYSKL pickles (imported)
+SKELETON_DATASETS = [n for n, d in DATASETS.items() if d["source"] in ("demo", "ntu_raw")]
+PYSKL_DATASETS = [n for n, d in DATASETS.items() if d["source"] == "pyskl"]
+
+
 def annotation_source(wildcards):
     """convert_ntu's input: the demo folder, or the raw folder (ancient: adding files does not rerun)."""
     ds = DATASETS[wildcards.dataset]

@@ -28,12 +28,11 @@ rule convert_ntu:
         skeletons=annotation_source,
     output:
         annotations="results/annotations/{dataset}/annotations.pkl",
+        skipped="results/annotations/{dataset}/skipped.tsv",
     log:
         "logs/convert_ntu/{dataset}.log",
     wildcard_constraints:
-        dataset=choice(
-            n for n, d in DATASETS.items() if d["source"] in ("demo", "ntu_raw")
-        ),
+        dataset=choice(SKELETON_DATASETS),
     conda:
         "../../environment.yml"
     threads: 4
@@ -53,7 +52,7 @@ rule import_pyskl:
     log:
         "logs/import_pyskl/{dataset}.log",
     wildcard_constraints:
-        dataset=choice(n for n, d in DATASETS.items() if d["source"] == "pyskl"),
+        dataset=choice(PYSKL_DATASETS),
     conda:
         "../../environment.yml"
     params:
