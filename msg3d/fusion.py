@@ -157,8 +157,8 @@ def search_weights(scores, labels, grid, seed=0):
 
     Every combination of ``grid`` values per stream is tried (all-zero and proportional duplicates,
     e.g. 2:2 after 1:1, are skipped). The winner has the best selection-half top-1, then mean-class
-    accuracy, then log-likelihood of the true class under the weighted mean of the probabilities. Returns ``{"weights", "select",
-    "evaluate"}``: the weights and the metrics on each half.
+    accuracy, then log-likelihood of the true class under the weighted mean of the probabilities.
+    Returns ``{"weights", "select", "evaluate"}``: the weights and the metrics on each half.
     """
     names = sorted(scores)
     grid = sorted(set(int(g) for g in grid))

@@ -64,8 +64,9 @@ def read_epochs(path, drop_timing=True):
 
 
 # A reference run shared by the train and test tests: 3 epochs x 9 iterations (repeat 3), lr 0.03
-# for the batch of 4, so that the tiny model learns; a checkpoint every 4 iterations for resuming.
-REFERENCE = dict(TINY, epochs=3, repeat=3, lr=0.03, lr_batch=4, checkpoint_interval=4)
+# for the batch of 4, so that the tiny model learns; a checkpoint every 4 iterations for resuming,
+# a log line every 5.
+REFERENCE = dict(TINY, epochs=3, repeat=3, lr=0.03, lr_batch=4, checkpoint_interval=4, log_interval=5)
 REFERENCE_SEED = 11
 
 
@@ -91,3 +92,11 @@ def assert_state_dicts_equal(a, b):
     assert list(a) == list(b)
     different = [k for k in a if not torch.equal(a[k], b[k])]
     assert not different, f"{len(different)} tensors differ, e.g. {different[:5]}"
+
+
+def read_log(path, kind):
+    """``log.jsonl`` records of one type, without the wall-clock ``time`` field."""
+    import json
+
+    records = [json.loads(line) for line in open(path).read().splitlines()]
+    return [{k: v for k, v in r.items() if k != "time"} for r in records if r["type"] == kind]

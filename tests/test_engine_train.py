@@ -24,6 +24,7 @@ from test_engine_common import (  # noqa: F401 - fixtures
     assert_state_dicts_equal,
     load_state_dict,
     read_epochs,
+    read_log,
     reference_run,
     tiny_store,
 )
@@ -101,10 +102,13 @@ def test_run_outputs_and_learning(reference_run, tiny_store):
     best_epoch = max(rows, key=lambda r: (float(r["val_top1"]), -int(r["epoch"])))["epoch"]
     assert best["meta"]["epoch"] == int(best_epoch)
 
-    log = [json.loads(line) for line in (reference_run / "log.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in log if r["type"] == "val"] == [9, 18, 27]
+    log = reference_run / "log.jsonl"
+    assert [r["iter"] for r in read_log(log, "val")] == [9, 18, 27]
+    assert [(r["iter"], r["iters"], r["epoch"]) for r in read_log(log, "train")] == [
+        (5, 5, 1), (10, 5, 2), (15, 5, 2), (20, 5, 3), (25, 5, 3)]
+    assert [r["lr"] for r in read_log(log, "train")] == [cosine_lr(0.03, i - 1, 27) for i in (5, 10, 15, 20, 25)]
     # checkpoints at every epoch end and every 4 iterations inside an epoch
-    assert [r["iter"] for r in log if r["type"] == "checkpoint"] == CHECKPOINT_ITERS
+    assert [r["iter"] for r in read_log(log, "checkpoint")] == CHECKPOINT_ITERS
     assert not [p.name for p in reference_run.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
@@ -141,9 +145,11 @@ def test_kill_9_then_resume_is_bit_identical(reference_run, tiny_store, tmp_path
     assert read_epochs(out / "epochs.csv") == read_epochs(reference_run / "epochs.csv")
     assert_state_dicts_equal(load_state_dict(out / "latest.pth"), load_state_dict(reference_run / "latest.pth"))
     assert_state_dicts_equal(load_state_dict(out / "best.pth"), load_state_dict(reference_run / "best.pth"))
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in log if r["type"] == "checkpoint"] == CHECKPOINT_ITERS
-    assert [r["iter"] for r in log if r["type"] == "resume"] == [12]
+    assert [r["iter"] for r in read_log(out / "log.jsonl", "checkpoint")] == CHECKPOINT_ITERS
+    assert [r["iter"] for r in read_log(out / "log.jsonl", "resume")] == [12]
+    # the interval averages of the log lines survive the interruption too (line at 15 spans it)
+    assert read_log(out / "log.jsonl", "train") == read_log(reference_run / "log.jsonl", "train")
+    assert read_log(out / "log.jsonl", "val") == read_log(reference_run / "log.jsonl", "val")
 
 
 @pytest.mark.slow
@@ -164,6 +170,16 @@ def test_changed_config_refused_unless_forced(reference_run, tiny_store, tmp_pat
     assert config["hparams"]["epochs"] == 1 and config["seed"] == REFERENCE_SEED
     assert len(read_epochs(out / "epochs.csv")) == 1
     assert torch.load(out / "latest.pth", weights_only=True)["meta"]["iter"] == 3
+
+
+@pytest.mark.slow
+def test_bf16_autocast_run(tiny_store, tmp_path):
+    out = tmp_path / "bf16"
+    result = train(tiny_store, "tiny", out, dict(TINY, epochs=1), seed=0, device="cpu", amp="bf16")
+    assert json.loads((out / "config.json").read_text())["runtime"]["amp"] == "bf16"
+    assert math.isfinite(result["epochs"][0]["train_loss"])
+    # weights stay float32 (autocast computes in bf16, parameters and checkpoint are fp32)
+    assert {t.dtype for t in load_state_dict(out / "latest.pth").values()} <= {torch.float32, torch.int64}
 
 
 @pytest.mark.slow

@@ -32,7 +32,8 @@ def make_spec(folder):
                 "j": {"metrics": metrics_file(folder, "j", 0.9), "source": "pretrained"},
                 "b": {"metrics": metrics_file(folder, "b", 0.8875), "source": "trained"},
                 "2s": {"metrics": metrics_file(folder, "2s", 0.912, weights={"b": 1, "j": 1}), "source": "fusion"},
-                "tuned": {"metrics": metrics_file(folder, "t", 0.5, weights={"b": 2, "j": 1}), "source": "fusion"},
+                "tuned": {"metrics": metrics_file(folder, "t", 0.5, weights={"b": 2, "j": 1, "bm": 0}),
+                          "source": "fusion"},
             },
         },
         {"dataset": "demo", "split": "xview", "annotation": "3dkp", "reference": None,
@@ -63,6 +64,7 @@ def test_layout_published_numbers_and_missing_cells(tmp_path):
     )
     assert rows[1].startswith("ntu60,xsub,3dkp,j,Joint,pretrained,,10,90.00,100.00,90.00,89.6,+0.40,")
     assert rows[3].startswith("ntu60,xsub,3dkp,2s,Two-Stream,fusion,j:1 b:1,10,91.20,100.00,91.20,91.0,+0.20,")
+    assert rows[4].startswith("ntu60,xsub,3dkp,tuned,tuned,fusion,j:1 b:2 bm:0,10,50.00,100.00,50.00,,,")
     assert rows[5].startswith("demo,xview,3dkp,jm,Joint Motion,trained,,10,70.00,100.00,70.00,,,")
     assert len(rows) == 6
 

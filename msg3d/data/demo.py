@@ -111,10 +111,13 @@ class Pose:
         n = len(t)
         self.pitch = np.zeros(n)
         self.forward = np.zeros(n)  # distance walked along the body's forward axis (m)
-        self.arms = {side: (_limb(0.12, 0.0, side) + np.zeros((n, 3)), _limb(0.3, np.pi / 2, side) + np.zeros((n, 3)))
-                     for side in (LEFT, RIGHT)}
-        self.legs = {side: (_limb(0.03, np.pi / 2, side) + np.zeros((n, 3)), _limb(0.0, np.pi / 2, side) + np.zeros((n, 3)))
-                     for side in (LEFT, RIGHT)}
+
+        def still(elevation, azimuth, side):
+            return np.tile(_limb(elevation, azimuth, side), (n, 1))
+
+        # standing: arms hanging a little away from the body, forearms slightly forward
+        self.arms = {side: (still(0.12, 0.0, side), still(0.3, np.pi / 2, side)) for side in (LEFT, RIGHT)}
+        self.legs = {side: (still(0.03, np.pi / 2, side), still(0.0, np.pi / 2, side)) for side in (LEFT, RIGHT)}
 
 
 def skeleton(performer, pose):
@@ -178,7 +181,8 @@ def act(action, performer, t, rng):
         cycles = max(1, round(duration * v / 1.8))
         raise_ = a * 2.7 * 0.5 * (1 - np.cos(2 * np.pi * cycles * t / duration))
         for side in (LEFT, RIGHT):
-            pose.arms[side] = (_limb(0.12 + raise_, 0.25, side), _limb(0.3 + 1.05 * raise_, 0.25 + 0.3 * (raise_ < 1), side))
+            forearm = _limb(0.3 + 1.05 * raise_, 0.25 + 0.3 * (raise_ < 1), side)
+            pose.arms[side] = (_limb(0.12 + raise_, 0.25, side), forearm)
     elif action == 3:  # squat down and up, once or twice; arms forward for balance
         cycles = max(1, round(duration * v / 2.2))
         depth = 0.5 * (1 - np.cos(2 * np.pi * cycles * t / duration))
@@ -206,13 +210,13 @@ def act(action, performer, t, rng):
             bob = 0.12 * np.sin(2 * np.pi * 3.0 * t) * shake
             upper_rest, lower_rest = pose.arms[RIGHT]
             pose.arms[RIGHT] = (
-                _blend(upper_rest, _limb(0.9 + bob, np.pi / 2 - 0.25, RIGHT), shake),
-                _blend(lower_rest, _limb(1.25 + bob, np.pi / 2 - 0.3, RIGHT), shake),
+                _blend(upper_rest, _limb(0.9 + bob, np.pi / 2 + 0.25, RIGHT), shake),  # forward, inwards
+                _blend(lower_rest, _limb(1.25 + bob, np.pi / 2 + 0.3, RIGHT), shake),
             )
             poses.append(pose)
         return poses
     else:
-        raise ValueError(f"unknown demo action A{action:03d}; known: {', '.join(f'A{a:03d}' for a in ACTIONS)}")
+        raise ValueError(f"unknown demo action A{action:03d}; known: {', '.join(f'A{k:03d}' for k in ACTIONS)}")
     # a little idle sway of the whole body
     pose.pitch = pose.pitch + 0.03 * np.sin(2 * np.pi * 0.3 * t + rng.uniform(0, 2 * np.pi))
     return [pose]
@@ -283,14 +287,17 @@ def recording(seed, action, performer_id, replication, camera_id, frames, setup)
     rng = np.random.default_rng([seed, action, performer_id, replication])  # shared by the cameras
     t = np.arange(frames) / FPS
     poses = act(action, performer, t, rng)
-    facing = np.radians((-20 if replication % 2 else 20) + rng.normal(0, 10)) + np.pi
+    # towards camera 1, turned a little to one side (R001) or the other (R002); two people face
+    # each other across camera 1's view
+    facing = np.radians((-20 if replication % 2 else 20) + rng.normal(0, 10) + (90 if len(poses) > 1 else 180))
     origin = np.array([rng.uniform(-0.3, 0.3), 0.0, rng.uniform(-0.3, 0.3)])
     # a second person starts ahead of the first, facing them, so that they meet about 0.75 m apart
+    # around the middle of the scene
     gap = 0.75 + sum(pose.forward[-1] for pose in poses)
     partner = Performer(np.random.default_rng([seed, performer_id, action, replication, 2]))
     worlds = []
     for k, pose in enumerate(poses):
-        place = origin + _yaw(facing) @ np.array([0.0, 0.0, gap * k])
+        place = origin + _yaw(facing) @ np.array([0.0, 0.0, gap * (k - (len(poses) - 1) / 2)])
         worlds.append(place + skeleton(partner if k else performer, pose) @ _yaw(facing + np.pi * k).T)
 
     sensor = np.random.default_rng([seed, action, performer_id, replication, camera_id])
@@ -344,7 +351,8 @@ def make_demo(out_dir, seed=0, train_subjects=2, val_subjects=1, replications=1,
         raise ValueError(f"need 16 <= min_frames <= max_frames, got {min_frames} and {max_frames}")
     files = {}
     for action, performer, replication, setup in performances(train_subjects, val_subjects, replications):
-        length = int(np.random.default_rng([seed, action, performer, replication, 0]).integers(min_frames, max_frames + 1))
+        rng = np.random.default_rng([seed, action, performer, replication, 0])  # camera 0: the length
+        length = int(rng.integers(min_frames, max_frames + 1))
         for camera in CAMERA_AZIMUTH:
             frames = recording(seed, action, performer, replication, camera, length, setup)
             files[sample_name(setup, camera, performer, replication, action)] = frames

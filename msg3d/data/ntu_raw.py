@@ -197,17 +197,13 @@ def _parse_decimals(data, buf, starts, ends):
     nfrac = ends - lead - 2
     k = np.minimum(np.maximum(nfrac, 1), 14)
     words = np.ndarray((len(buf) - 7,), "<u8", buffer=data, strides=(1,))  # words[i]: bytes i..i+7
-    # the last 16 bytes of each token as two words (higher, lower), the bytes before the fraction
-    # set to b"0"; a left shift by 64 gives 0 in numpy
-    cleared = np.minimum(np.maximum(16 - k[:, None] - _WORD_STARTS, 0), 8)  # bytes before the fraction
-    keep = np.left_shift(np.uint64(0xFFFFFFFFFFFFFFFF), (8 * cleared).astype(np.uint64))
-    digits = (words[ends[:, None] - 16 + _WORD_STARTS] & keep) | (_ASCII_ZEROS & ~keep)
-    valid = _all_digits(digits)
+    # the last 16 bytes of each token as two words, with the bytes before the fraction set to b"0"
+    low = _digit_word(words[ends - 8], 8 * np.maximum(8 - k, 0))
+    high = _digit_word(words[ends - 16], np.minimum(8 * (16 - k), 64))
     lead_digit = buf[lead] - np.uint8(48)
-    simple = (nfrac == k) & (lead_digit < 10) & (buf[lead + 1] == 46) & valid[:, 0] & valid[:, 1]
+    simple = (nfrac == k) & (lead_digit < 10) & (buf[lead + 1] == 46) & _all_digits(low) & _all_digits(high)
     scale = _POW10[k]
-    value = _eight_digits(digits)
-    fraction = (value[:, 0] * np.uint64(100_000_000) + value[:, 1]).astype(np.float64)
+    fraction = (_eight_digits(high) * np.uint64(100_000_000) + _eight_digits(low)).astype(np.float64)
     values = (lead_digit * scale + fraction) / scale
     values[negative] *= -1
     for i in np.flatnonzero(~simple).tolist():
@@ -218,7 +214,12 @@ def _parse_decimals(data, buf, starts, ends):
 
 
 _ASCII_ZEROS = np.uint64(0x3030303030303030)
-_WORD_STARTS = np.array([0, 8])  # offsets of the two words in a token's last 16 bytes
+
+
+def _digit_word(word, shift):
+    """Keep the bytes of little-endian ``word`` from bit ``shift`` on; fill the lower ones with b"0"."""
+    keep = np.left_shift(np.uint64(0xFFFFFFFFFFFFFFFF), shift.astype(np.uint64))  # shift 64 gives 0
+    return (word & keep) | (_ASCII_ZEROS & ~keep)
 
 
 def _all_digits(word):
@@ -338,7 +339,9 @@ def select_bodies(bodies):
     if len(ranked) > 1:
         ranked = _spread_denoise(ranked)
         if not ranked:
-            raise NoBodiesError("every body longer than 11 frames is spread noise (x-range > 0.8 y-range)")
+            raise NoBodiesError(
+                f"every body longer than {LENGTH_THRESHOLD} frames is spread noise (x-range > {WH_RATIO} y-range)"
+            )
     if len(ranked) == 1:
         return ranked[0][0].keypoint[None]
     return _two_tracks([body for body, _ in ranked])
@@ -584,7 +587,7 @@ def add_arguments(parser):
     parser.add_argument(
         "out", metavar="OUT.pkl", type=Path, help="annotation pickle to write (skipped.tsv goes beside it)"
     )
-    parser.add_argument("--dataset", required=True, choices=sorted(NUM_ACTIONS), help="ntu60 keeps actions <= 60")
+    parser.add_argument("--dataset", required=True, choices=list(NUM_ACTIONS), help="ntu60 keeps actions <= 60")
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: all available cores)")
     parser.add_argument("--strict", action="store_true", help="fail on any malformed file instead of skipping it")
 

@@ -2,7 +2,6 @@
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from msg3d.layouts import get_layout
 from msg3d.models.g3d import MW_MSG3DBlock
@@ -57,5 +56,9 @@ class MSG3D(nn.Module):
         for sgcn, gcn3d, tcn in ((self.sgcn1, self.gcn3d1, self.tcn1),
                                  (self.sgcn2, self.gcn3d2, self.tcn2),
                                  (self.sgcn3, self.gcn3d3, self.tcn3)):
-            x = tcn(F.relu(sgcn(x) + gcn3d(x), inplace=True))
+            out = sgcn(x)
+            # In place: ``out`` is a fresh concatenation (the last MSTCN has no activation) that
+            # autograd does not save; a new tensor here would be one more large page-faulted buffer.
+            out += gcn3d(x)
+            x = tcn(out.relu_())
         return x.reshape((n, m) + x.shape[1:])

@@ -66,5 +66,5 @@ class MW_MSG3DBlock(nn.Module):  # noqa: N801 - PYSKL's name
     def forward(self, x):
         out = self.gcn3d[0](x)
         for block in self.gcn3d[1:]:
-            out = out + block(x)
+            out += block(x)  # in place: a BatchNorm output, which its backward does not need
         return out

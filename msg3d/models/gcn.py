@@ -70,9 +70,12 @@ class MSGCN(nn.Module):
         k, w = self.num_scales, self.window_size
         # Effective scales, indexed [k, tau, v, tau', u] (source node (tau, v), target (tau', u)).
         a = (self.A + self.PA).view(k, w, v, w, v)
-        if self.project_first:
-            return self._project_then_aggregate(x, a)
-        return self._aggregate_then_project(x, a)
+        if not self.project_first:
+            return self._aggregate_then_project(x, a)
+        # On the CPU, one sequence at a time: the projected tensor is K times wider than the input;
+        # a per-sequence slice stays in cache, where the whole batch would be hundreds of MB of
+        # freshly faulted-in memory. A GPU prefers few large kernels.
+        return self._project_then_aggregate(x, a, sequences_per_step=1 if x.device.type == "cpu" else n)
 
     def _aggregate_then_project(self, x, a):
         n, c, t, v = x.shape
@@ -89,26 +92,25 @@ class MSGCN(nn.Module):
         support = support.reshape(n, t_out, v * w, k * c).permute(0, 3, 1, 2)  # copy; channels_last
         return self.mlp(support)
 
-    def _project_then_aggregate(self, x, a):
+    def _project_then_aggregate(self, x, a, sequences_per_step):
         n, c, t, v = x.shape
         k, w, s = self.num_scales, self.window_size, self.window_stride
         conv, bn, relu = self.mlp.layers
         e = conv.out_channels
-        # MLP weight [o, k * C + c] as K stacked projections: output channel k * E + o.
-        proj = conv.weight.view(e, k, c).transpose(0, 1).reshape(k * e, c, 1, 1)
+        t_out = (t - w) // s + 1
+        # MLP weight [o, k * C + c] as K stacked projections (C, K * E): column k * E + o.
+        proj = conv.weight.view(e, k, c).transpose(0, 1).reshape(k * e, c).t()
         # Columns (tau, v, k) match the rows of a projected window below; rows (u, tau').
         a_cols = a.permute(4, 3, 1, 2, 0).reshape(v * w, w * v * k)
-        t_out = (t - w) // s + 1
-        import os
-        budget = int(os.environ.get("CHUNK_BYTES", "0"))
-        chunk = max(1, budget // (t * v * k * e * 4))
+        frames = x.permute(0, 2, 3, 1)  # (N, T, V, C), a view for channels_last x
         outs = []
-        for i in range(0, n, chunk):
-            xc = x[i : i + chunk]
-            m = xc.shape[0]
-            z = F.conv2d(xc, proj)  # (1, K * E, T, V), stored (T, V, K, E)
-            z = z.permute(0, 2, 3, 1).reshape(m, t, v * k, e)
+        for i in range(0, n, sequences_per_step):
+            chunk = frames[i : i + sequences_per_step]
+            m = chunk.shape[0]
+            z = torch.matmul(chunk.reshape(m * t * v, c), proj).view(m, t, v * k, e)  # rows (v, k) per frame
+            # Window j = rows (tau, v, k) of frames j*s ... j*s+w-1: a strided view of z, which
+            # flattens to (T_w, w * V * K, E) without a copy for a single sequence.
             z = z.unfold(1, w, s).permute(0, 1, 4, 2, 3).reshape(m * t_out, w * v * k, e)
-            outs.append(torch.baddbmm(conv.bias, a_cols.expand(m * t_out, -1, -1), z))  # (T_w, V * w, E)
+            outs.append(torch.baddbmm(conv.bias, a_cols.expand(m * t_out, -1, -1), z))  # (m * T_w, V * w, E)
         y = torch.cat(outs).view(n, t_out, v * w, e).permute(0, 3, 1, 2)  # (N, E, T_w, V * w), channels_last
         return relu(bn(y))

@@ -78,23 +78,35 @@ def _panel(name):
     return None
 
 
+def _style(column):
+    """Line style of a column: dashed for training, solid for validation, dotted for top-5."""
+    if "top5" in column:
+        return ":"
+    return "--" if column.startswith("train") else "-"
+
+
 def plot_curves(runs, out, title=None):
-    """Training curves of several runs ``{stream: epochs.csv}``: losses left, accuracies right."""
+    """Training curves of several runs ``{stream: epochs.csv}``: losses left, accuracies right.
+
+    One colour per stream, one line style per column (training dashed, validation solid).
+    """
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for stream in sorted(runs):
+    for i, stream in enumerate(sorted(runs)):
         columns = read_epochs(runs[stream])
         for name, values in columns.items():
             panel = _panel(name)
             if panel is None or np.all(np.isnan(values)):
                 continue
             ax = axes[0] if panel == "loss" else axes[1]
-            ax.plot(columns["epoch"], values, marker="o", markersize=3, label=f"{stream} {name}")
+            ax.plot(columns["epoch"], values, _style(name), color=f"C{i}", marker="o", markersize=3,
+                    label=f"{stream} {name}")
     for ax, ylabel in zip(axes, ("loss", "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         if ax.lines:
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6, ncol=2)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -136,7 +136,8 @@ def _ordered(weights):
 
 
 def _weights_text(weights):
-    return " : ".join(f"{w:g} {name.upper()}" for name, w in _ordered(weights))
+    """``2 J : 2 B : 1 JM : 1 BM`` (streams with weight 0 left out)."""
+    return " : ".join(f"{w:g} {name.upper()}" for name, w in _ordered(weights) if w)
 
 
 def format_markdown(rows, reference_source=None):

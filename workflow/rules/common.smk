@@ -172,7 +172,9 @@ def derive_code(wildcards):
 
 
 # datasets read from .skeleton files (converted) and from PYSKL pickles (imported)
-SKELETON_DATASETS = [n for n, d in DATASETS.items() if d["source"] in ("demo", "ntu_raw")]
+SKELETON_DATASETS = [
+    n for n, d in DATASETS.items() if d["source"] in ("demo", "ntu_raw")
+]
 PYSKL_DATASETS = [n for n, d in DATASETS.items() if d["source"] == "pyskl"]
 
 

@@ -1,0 +1,184 @@
+"""MS-G3D model: PYSKL's state_dict layout, initialisation and numbers; training, bf16, compile."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import FIXTURES, shared_file
+from msg3d.models import build_model
+from msg3d.models.gcn import MSGCN
+from msg3d.models.graph import binary_adjacency
+
+NTU_REF = FIXTURES / "pyskl_msg3d_ntu_ref.pt"
+
+
+def small_model(num_classes=5, layout="nturgb+d"):
+    return build_model(num_classes, layout=layout, base_channels=12, num_gcn_scales=3, num_g3d_scales=2)
+
+
+@pytest.fixture(scope="module")
+def ntu_ref():
+    return torch.load(shared_file(NTU_REF), weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def ref_model(ntu_ref):
+    model = build_model(60)
+    model.load_state_dict(ntu_ref["state_dict"])
+    return model.eval()
+
+
+@pytest.mark.parametrize("layout, tsv", [("nturgb+d", "pyskl_msg3d_ntu_keys.tsv"), ("coco", "pyskl_msg3d_coco_keys.tsv")])
+def test_state_dict_keys_shapes_and_order_are_pyskls(layout, tsv):
+    lines = shared_file(FIXTURES / tsv).read_text().splitlines()
+    assert lines[0] == "key\tshape"
+    expected = [(key, json.loads(shape)) for key, shape in (line.split("\t") for line in lines[1:])]
+    state = build_model(60, layout=layout).state_dict()
+    assert [(key, list(value.shape)) for key, value in state.items()] == expected
+    assert len(state) == 820
+    assert sum(key.endswith("num_batches_tracked") for key in state) == 117
+
+
+@pytest.mark.parametrize("layout, num_classes, params", [
+    ("nturgb+d", 60, 3_194_595), ("nturgb+d", 120, 3_217_695), ("coco", 60, 2_975_763), ("coco", 120, 2_998_863),
+])
+def test_parameter_count(layout, num_classes, params):
+    model = build_model(num_classes, layout=layout)
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert sum(p.numel() for p in model.cls_head.parameters()) == 384 * num_classes + num_classes
+    assert model.layout == layout and model.num_classes == num_classes
+
+
+def test_seeded_construction_reproduces_pyskl_init(ntu_ref):
+    torch.manual_seed(0)
+    state = build_model(60).state_dict()
+    sums = ntu_ref["default_init_sums"]
+    assert list(state) == list(sums)
+    wrong = [key for key, value in state.items() if value.double().sum().item() != sums[key]]
+    assert not wrong, f"{len(wrong)} tensors differ from PYSKL's seeded init, first: {wrong[:5]}"
+
+
+def test_graph_buffers_equal_pyskls(ntu_ref):
+    state = build_model(60).state_dict()
+    graph_keys = [key for key in state if key.endswith(".A")]
+    assert len(graph_keys) == 10
+    for key in graph_keys:
+        assert torch.equal(state[key], ntu_ref["state_dict"][key]), key
+
+
+def test_eval_logits_match_pyskl(ntu_ref, ref_model):
+    with torch.no_grad():
+        feats = ref_model.backbone(ntu_ref["input"])
+        logits = ref_model.cls_head(feats)
+    assert list(feats.shape) == ntu_ref["backbone_out_shape"]
+    torch.testing.assert_close(logits, ntu_ref["logits"], rtol=0, atol=1e-4)
+    # the tolerance is meaningful: the logits span several units
+    assert ntu_ref["logits"].abs().max() > 5
+
+
+def test_predict_probs_matches_pyskl_tta(ntu_ref, ref_model):
+    probs = ref_model.predict_probs(ntu_ref["input"].unsqueeze(0))  # 1 sample x 2 clips
+    assert probs.shape == (1, 60)
+    torch.testing.assert_close(probs, ntu_ref["tta_probs"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(1))
+
+
+def test_predict_probs_averages_softmax_not_logits():
+    torch.manual_seed(0)
+    model = small_model().eval()
+    clips = torch.randn(2, 3, 2, 12, 25, 3)
+    probs = model.predict_probs(clips)
+    with torch.no_grad():
+        per_clip = torch.stack([model(clips[:, i]).softmax(dim=-1) for i in range(3)], dim=1)
+    torch.testing.assert_close(probs, per_clip.mean(dim=1))
+
+
+def test_bf16_autocast_forward_is_close_to_fp32(ntu_ref, ref_model):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = ref_model(ntu_ref["input"])
+    assert logits.dtype == torch.bfloat16
+    diff = (logits.float() - ntu_ref["logits"]).abs().max().item()
+    assert diff < 0.02 * ntu_ref["logits"].abs().max().item()
+
+
+def test_backward_gives_finite_gradients_everywhere(ntu_ref):
+    model = build_model(60)
+    model.load_state_dict(ntu_ref["state_dict"])
+    model.train()
+    loss = F.cross_entropy(model(ntu_ref["input"][:, :, :16]), torch.tensor([3, 7]))
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, name
+        assert torch.isfinite(param.grad).all(), name
+    # PA and the graph path really receive gradient
+    assert model.backbone.gcn3d2.gcn3d[1].gcn3d[1].PA.grad.abs().sum() > 0
+    assert model.backbone.sgcn1[0].PA.grad.abs().sum() > 0
+
+
+def test_bf16_training_step_runs():
+    torch.manual_seed(0)
+    model = small_model().train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(model(torch.randn(2, 2, 12, 25, 3)).float(), torch.tensor([0, 1]))
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def einsum_msgcn(module, x):
+    """PYSKL's MSGCN / ST_MSGCN forward (einsum on PYSKL-ordered window nodes), eval mode."""
+    n, c, t, v = x.shape
+    w, s = module.window_size, module.window_stride
+    if w > 1:  # PYSKL's UnfoldTemporalWindows without padding: node index tau * V + v
+        x = x.unfold(2, w, s).permute(0, 1, 2, 4, 3).reshape(n, c, -1, w * v)
+    support = torch.einsum("kvu,nctv->nkctu", module.A + module.PA, x)
+    out = module.mlp(support.reshape(n, -1, *support.shape[-2:]))
+    if w > 1:  # back to our joint-major node order u * w + tau
+        out = out.view(n, out.shape[1], -1, w, v).transpose(3, 4).reshape(out.shape)
+    return out
+
+
+@pytest.mark.parametrize("c_in, c_out, window, stride", [
+    (3, 8, 1, 1), (8, 8, 1, 1), (8, 6, 1, 1), (3, 8, 3, 1), (8, 8, 3, 2), (8, 8, 5, 2), (8, 8, 5, 1),
+])
+def test_msgcn_equals_pyskl_einsum_formulation(c_in, c_out, window, stride):
+    torch.manual_seed(0)
+    module = MSGCN(3, c_in, c_out, binary_adjacency("coco"), window_size=window, window_stride=stride).eval()
+    with torch.no_grad():
+        module.PA.uniform_(-0.1, 0.1)  # asymmetric: a transposed aggregation would show
+        bn = module.mlp.layers[1]
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 1.5)
+        x = torch.randn(3, c_in, 11, 17)
+        expected = einsum_msgcn(module, x)
+        for layout in (torch.channels_last, torch.contiguous_format):
+            out = module(x.contiguous(memory_format=layout))
+            torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        if module.project_first:  # the whole-batch blocking used off the CPU gives the same numbers
+            a = (module.A + module.PA).view(3, window, 17, window, 17)
+            whole = module._project_then_aggregate(x.contiguous(memory_format=torch.channels_last), a, 3)
+            torch.testing.assert_close(whole, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_input_and_output_shapes_for_odd_lengths():
+    torch.manual_seed(0)
+    model = small_model(7, layout="coco").eval()
+    with torch.no_grad():
+        feats = model.backbone(torch.randn(1, 2, 13, 17, 3))
+    assert feats.shape == (1, 2, 48, 4, 17)  # T' = ceil(ceil(13 / 2) / 2)
+
+
+@pytest.mark.slow
+def test_torch_compile_fullgraph_matches_eager():
+    torch.manual_seed(0)
+    model = small_model().train()
+    x, labels = torch.randn(2, 2, 12, 25, 3), torch.tensor([0, 1])
+    F.cross_entropy(model(x), labels).backward()
+    eager = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    # aot_eager traces forward and backward like inductor does, without its minutes of C++ codegen
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    F.cross_entropy(compiled(x), labels).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, eager[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -1,0 +1,266 @@
+"""The Snakemake workflow: lint, the DAG the config asks for, honest code digests, and one
+end-to-end run of the small demo (tests/e2e/config) in a temporary copy of the repository."""
+
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CODE_PARTS = yaml.safe_load((REPO / "workflow" / "code_parts.yaml").read_text())
+
+
+def run_env(root):
+    """Rules call `python -m msg3d`: the venv's python first on PATH, msg3d from ``root``."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    env["PYTHONPATH"] = str(root)
+    return env
+
+
+def snakemake(root, *args, check=True):
+    """Run snakemake in ``root`` (a copy of the repository: its own msg3d, workflow and config)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        cwd=root, env=run_env(root), capture_output=True, text=True,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def copy_repo(dest, config=REPO / "config" / "config.yaml"):
+    """The parts of the repository a run needs, with ``config`` as config/config.yaml."""
+    dest.mkdir(parents=True, exist_ok=True)
+    ignore = shutil.ignore_patterns("__pycache__")
+    for folder in ("msg3d", "workflow"):
+        shutil.copytree(REPO / folder, dest / folder, ignore=ignore)
+    shutil.copy(REPO / "environment.yml", dest)
+    (dest / "config").mkdir()
+    shutil.copy(REPO / "config" / "model_zoo_reference.yaml", dest / "config")
+    shutil.copy(config, dest / "config" / "config.yaml")
+    return dest
+
+
+def job_stats(output):
+    """{rule: count} from the "Job stats" table of a dry run (empty when nothing is to be done)."""
+    stats = {}
+    lines = output.splitlines()
+    if "Job stats:" not in lines:
+        return stats
+    for line in lines[lines.index("Job stats:") + 3:]:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        stats[parts[0]] = int(parts[1])
+    stats.pop("total", None)
+    return stats
+
+
+def planned_outputs(output):
+    """Every output path of the jobs a dry run would execute."""
+    paths = set()
+    for line in output.splitlines():
+        match = re.match(r"\s+output: (.*)", line)
+        if match:
+            paths.update(p.strip() for p in match.group(1).split(","))
+    return paths
+
+
+def edit_config(root, update):
+    path = root / "config" / "config.yaml"
+    config = yaml.safe_load(path.read_text())
+    update(config)
+    path.write_text(yaml.safe_dump(config))
+
+
+# --------------------------------------------------------------------------- lint and format
+
+
+@pytest.mark.slow
+def test_snakemake_lint_is_clean(tmp_path):
+    proc = snakemake(copy_repo(tmp_path / "repo"), "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Congratulations, your workflow is in a good condition!" in proc.stdout + proc.stderr
+
+
+def test_snakefmt_check_is_clean():
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "workflow"], cwd=REPO, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- the DAG
+
+
+@pytest.mark.slow
+def test_default_config_runs_the_whole_demo_pipeline(tmp_path):
+    root = copy_repo(tmp_path / "repo")
+    stats = job_stats(snakemake(root, "-n", "all").stdout)
+    splits = len(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["datasets"]["demo"]["splits"])
+    assert stats["make_demo"] == 1 and stats["convert_ntu"] == 1 and stats["derive"] == 4
+    assert stats["train"] == stats["test"] == 4 * splits
+    assert stats["fuse"] == 2 * splits and stats["fuse_search"] == splits
+    assert stats["model_zoo_table"] == 1 and stats["plot_per_class"] == splits and stats["plot_curves"] == splits
+    assert "import_pyskl" not in stats and "download_checkpoint" not in stats
+
+
+@pytest.mark.slow
+def test_given_checkpoints_are_tested_instead_of_trained(tmp_path):
+    root = copy_repo(tmp_path / "repo", REPO / "tests" / "e2e" / "config" / "config.yaml")
+    (root / "resources").mkdir()
+    (root / "resources" / "b.pth").write_bytes(b"")
+    url = "http://download.openmmlab.com/mmaction/pyskl/ckpt/msg3d/msg3d_pyskl_ntu60_xsub_3dkp/j.pth"
+    edit_config(root, lambda c: c["datasets"]["demo"].update(checkpoints={"xsub": {"j": url, "b": "resources/b.pth"}}))
+    out = snakemake(root, "-n", "all").stdout
+    stats = job_stats(out)
+    assert stats["download_checkpoint"] == 1 and stats["train"] == 2 and stats["test"] == 4
+    outputs = planned_outputs(out)
+    assert "resources/checkpoints/demo/xsub/j.pth" in outputs
+    assert "results/train/demo/xsub/j" not in outputs and "results/train/demo/xsub/b" not in outputs
+    assert "results/train/demo/xsub/jm" in outputs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "update, message",
+    [
+        (lambda c: c["train"].update(lr_typo=1), "('lr_typo' was unexpected)"),
+        (lambda c: c.update(streams=["j", "b"], fusion={"x": {"j": 1, "bm": 1}}), "fusion.x: streams ['bm']"),
+        (lambda c: c["datasets"]["demo"].update(splits=["xset"]), "demo.splits: ['xset'] not defined for ntu60"),
+    ],
+)
+def test_config_errors_are_caught_at_parse_time(tmp_path, update, message):
+    root = copy_repo(tmp_path / "repo", REPO / "tests" / "e2e" / "config" / "config.yaml")
+    edit_config(root, update)
+    proc = snakemake(root, "-n", "all", check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- code digests
+
+
+def _module_path(name):
+    """File of the msg3d module ``name`` (msg3d/a/b.py or msg3d/a/b/__init__.py), or None (not a module)."""
+    base = REPO.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.exists():
+            return path
+    return None
+
+
+def _hashed(stage, path):
+    """Whether the msg3d file ``path`` is hashed for ``stage`` (or is one of the unhashed dispatchers)."""
+    rel = path.relative_to(REPO / "msg3d").as_posix()
+    entry = CODE_PARTS["stages"][stage]
+    parts = entry["files"] + [p.partition("::")[0] for p in entry.get("by_modality", {})]
+    return rel in CODE_PARTS["unhashed"] or any(rel == p or rel.startswith(p + "/") for p in parts)
+
+
+def _msg3d_imports(path):
+    """msg3d modules that ``path`` imports anywhere (module level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "msg3d":
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "msg3d")
+    return {name for name in found if _module_path(name)}
+
+
+# train and test import torch (seconds): slow
+@pytest.mark.parametrize(
+    "stage", [pytest.param(s, marks=pytest.mark.slow) if s in ("train", "test") else s for s in CODE_PARTS["stages"]]
+)
+def test_code_digest_covers_what_each_stage_imports(stage):
+    """What a stage's module loads in a fresh interpreter, and every msg3d import written in the
+    files hashed for it (function-level ones included), must be hashed for that stage."""
+    module = CODE_PARTS["stages"][stage]["module"]
+    probe = f"import json, sys, {module}; print(json.dumps(sorted(m for m in sys.modules if m.startswith('msg3d'))))"
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=run_env(REPO), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout)
+    assert module in loaded
+    missing = [m for m in loaded if not _hashed(stage, _module_path(m))]
+    assert not missing, f"stage {stage} loads {missing}, which workflow/code_parts.yaml does not hash for it"
+
+    for part in CODE_PARTS["stages"][stage]["files"]:
+        path = REPO / "msg3d" / part
+        assert path.exists(), f"code_parts.yaml lists msg3d/{part}, which does not exist"
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.suffix == ".py" else []
+        for file in files:
+            if file == REPO / "msg3d" / "data" / "__init__.py":
+                continue  # its one import sits in a lazy attribute hook (SkeletonDataset) for the torch stages
+            for name in _msg3d_imports(file):
+                assert _hashed(stage, _module_path(name)), (
+                    f"msg3d/{file.relative_to(REPO / 'msg3d')} imports {name}, which code_parts.yaml does not "
+                    f"hash for stage {stage}"
+                )
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_end_to_end_demo(tmp_path):
+    root = copy_repo(tmp_path / "repo", REPO / "tests" / "e2e" / "config" / "config.yaml")
+    snakemake(root, "all")
+    results = root / "results"
+    table = (results / "model_zoo.md").read_text()
+    assert "| demo | xsub | 3D skeleton |" in table
+    assert (results / "model_zoo.csv").read_text().count("\ndemo,xsub,3dkp,") == 7  # 4 streams, 2s, 4s, search
+    plots = results / "plots" / "demo" / "xsub"
+    for name in ("curves", "per_class", "confusion_j", "confusion_4s"):
+        assert (plots / f"{name}.svg").stat().st_size > 1000
+    first = {p: (results / p).read_bytes() for p in ("model_zoo.md", "model_zoo.csv", "plots/demo/xsub/per_class.svg")}
+
+    # nothing is stale after a run
+    assert "Nothing to be done" in snakemake(root, "-n", "all").stdout
+
+    # a training hyper-parameter reruns training and what follows, not the data stages
+    config = (root / "config" / "config.yaml").read_text()
+    edit_config(root, lambda c: c["train"].update(lr=0.05))
+    stats = job_stats(snakemake(root, "-n", "all").stdout)
+    assert {r: stats.get(r) for r in ("train", "test", "fuse", "fuse_search", "model_zoo_table")} == {
+        "train": 4, "test": 4, "fuse": 2, "fuse_search": 1, "model_zoo_table": 1
+    }
+    assert not {"make_demo", "convert_ntu", "derive"} & set(stats)
+    (root / "config" / "config.yaml").write_text(config)
+
+    # an edit to the bone code reruns the bone streams (b, bm) and what depends on them only
+    modality = root / "msg3d" / "data" / "modality.py"
+    source = modality.read_text()
+    modality.write_text(re.sub(r"(\ndef joint_to_bone\(.*\):\n)", r"\1    # edited\n", source, count=1))
+    planned = planned_outputs(snakemake(root, "-n", "all").stdout)
+    assert {"results/stores/demo/b", "results/stores/demo/bm", "results/train/demo/xsub/bm"} <= planned
+    assert not {p for p in planned if re.search(r"/(j|jm)(/|\.pkl$|$)|confusion_(j|jm)\.svg", p)}, planned
+    assert "results/fusion/demo/xsub/2s.json" in planned and "results/model_zoo.md" in planned
+    modality.write_text(source)
+
+    # an edit to the table code reruns the table only
+    table_code = root / "msg3d" / "report" / "table.py"
+    code = table_code.read_text()
+    table_code.write_text(code + "\n# edited\n")
+    assert set(job_stats(snakemake(root, "-n", "all").stdout)) == {"model_zoo_table", "all"}
+    table_code.write_text(code)
+    assert "Nothing to be done" in snakemake(root, "-n", "all").stdout
+
+    # one HTML page with the table and the plots
+    snakemake(root, "--report", "report.html")
+    report = (root / "report.html").read_text()
+    assert len(report) > 10000 and "model_zoo.md" in report and "per_class.svg" in report
+
+    # same config and seed: the same table and plots, byte for byte
+    snakemake(root, "--forcerun", "train", "--", "all")
+    for path, content in first.items():
+        assert (results / path).read_bytes() == content, path
