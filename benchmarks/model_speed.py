@@ -16,7 +16,6 @@ first checks that both give the same logits.
 
 import argparse
 import statistics
-import sys
 import time
 
 import torch
@@ -237,7 +236,7 @@ def main(argv=None):
         impls["pyskl"] = pyskl
         with torch.no_grad():
             diff = (ours.eval()(probe) - pyskl.eval()(probe)).abs().max().item()
-        print(f"max |logit difference| msg3d vs PYSKL layout, eval fp32: {diff:.2e}", file=sys.stderr)
+        print(f"max |logit difference| msg3d vs PYSKL layout, eval fp32: {diff:.2e}")
     gflop = nominal_gflop(PysklRecognizer(60, args.layout).to(device), probe)
 
     print(f"device={device} threads={torch.get_num_threads()} T={args.frames} layout={args.layout} "

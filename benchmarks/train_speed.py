@@ -178,7 +178,8 @@ def main(argv=None):
 
     devices = args.device or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     for device in devices:
-        name = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU, {args.threads or torch.get_num_threads()} threads"
+        threads = args.threads or torch.get_num_threads()
+        name = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU, {threads} threads"
         print(f"\n{device} ({name}): training step, batch {args.batch}, T={args.frames}, NTU 25 joints, 60 classes, "
               f"median of {args.iters} after {args.warmup} warm-up")
         mem = "peak alloc MiB" if device == "cuda" else "peak RSS MiB"

@@ -81,6 +81,7 @@ def test_wrapper_prefixes_are_stripped(trained_pair, prefix):
     assert_same_state(source, target)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised by torch's own compile machinery
 def test_save_strips_compile_wrapper(tmp_path, trained_pair):
     source, target = trained_pair
     save_checkpoint(tmp_path / "c.pth", torch.compile(source))  # not run, so no compilation cost

@@ -1,9 +1,35 @@
-"""Shared helpers for the engine tests (no tests here): tiny learnable stores and tiny hyper-parameters."""
+"""Shared helpers for the engine tests (no tests here): tiny learnable stores, tiny hyper-parameters,
+a reference training run. Test modules load it with ``pytest_plugins = ["test_engine_common"]`` so
+that its session fixtures (the store, the reference run) are built once for all of them.
+"""
+
+import contextlib
 
 import numpy as np
 import pytest
 
 from msg3d.data.derive import derive_annotations
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread: for these tiny models a second thread buys nothing, and on a busy
+    2-core machine OpenMP threads waiting on each other make steps 10-100x slower. Bit-identical
+    results need equal thread counts, so subprocesses get ``OMP_NUM_THREADS=1`` too."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_torch_thread():
+    with one_thread():
+        yield
+
 
 # The reviewers' tiny-run settings (issue 4), smaller still where it keeps tests fast.
 TINY = {
@@ -76,7 +102,8 @@ def reference_run(tiny_store, tmp_path_factory):
     from msg3d.engine.train import train
 
     out = tmp_path_factory.mktemp("runs") / "reference"
-    train(tiny_store, "tiny", out, REFERENCE, seed=REFERENCE_SEED, device="cpu", progress_seconds=0)
+    with one_thread():
+        train(tiny_store, "tiny", out, REFERENCE, seed=REFERENCE_SEED, device="cpu", progress_seconds=0)
     return out
 
 

@@ -119,7 +119,8 @@ def test_resume_needs_checkpoint_and_same_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint .*latest.pth"):
         prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=False)
     (tmp_path / "latest.pth").write_bytes(b"")
-    assert prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=False)[1] == tmp_path / "latest.pth"
+    _, resume_from = prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=False)
+    assert resume_from == tmp_path / "latest.pth"
     with pytest.raises(ValueError, match=r"(?s)--resume: the config differs.*hparams.lr: 0.1 -> 0.2"):
         prepare_run_dir(tmp_path, _config(hparams=resolve_hparams({"lr": 0.2})), seed_given=False, resume=True,
                         force=False)

@@ -16,15 +16,15 @@ from msg3d.data import SkeletonDataset
 from msg3d.data.derive import derive_annotations
 from msg3d.data.store import open_store
 from msg3d.models import build_model
-from test_engine_common import (  # noqa: F401 - fixtures
+from test_engine_common import (
     REFERENCE,
     load_state_dict,
     make_store,
-    reference_run,
-    tiny_store,
 )
 
-pytestmark = pytest.mark.slow  # every test here needs the trained reference run
+pytest_plugins = ["test_engine_common"]  # fixtures: tiny_store, reference_run, one_torch_thread
+# every test here needs the trained reference run
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 TINY_HP_JSON = json.dumps({"clip_len": REFERENCE["clip_len"], "model": REFERENCE["model"]})
 
@@ -36,8 +36,9 @@ def _read_csv(path):
 
 def _pyskl_file(path, state_dict):
     """A checkpoint as mmcv/PYSKL write it: text config in meta, no msg3d entries."""
-    torch.save({"meta": {"mmcv_version": "1.7.0", "epoch": 3, "iter": 9, "config": "model = dict(type='RecognizerGCN')"},
-                "state_dict": OrderedDict(state_dict), "optimizer": {"state": {}, "param_groups": []}}, path)
+    meta = {"mmcv_version": "1.7.0", "epoch": 3, "iter": 9, "config": "model = dict(type='RecognizerGCN')"}
+    torch.save({"meta": meta, "state_dict": OrderedDict(state_dict),
+                "optimizer": {"state": {}, "param_groups": []}}, path)
     return path
 
 
@@ -179,7 +180,8 @@ def test_checkpoint_that_does_not_fit_the_store(reference_run, tiny_store, tmp_p
 
 def test_missing_inputs_are_clear_errors(reference_run, tiny_store, tmp_path, capsys):
     base = ["test", "--out", str(tmp_path / "s.pkl"), "--device", "cpu", "--num-workers", "0"]
-    assert cli_main(base + ["--data", str(tiny_store), "--split", "tiny", "--checkpoint", str(tmp_path / "no.pth")]) == 2
+    assert cli_main(base + ["--data", str(tiny_store), "--split", "tiny",
+                            "--checkpoint", str(tmp_path / "no.pth")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     assert cli_main(base + ["--data", str(tmp_path / "nostore"), "--split", "tiny",
                             "--checkpoint", str(reference_run / "best.pth")]) == 2
@@ -188,3 +190,28 @@ def test_missing_inputs_are_clear_errors(reference_run, tiny_store, tmp_path, ca
                             "--checkpoint", str(reference_run / "best.pth")]) == 2
     err = capsys.readouterr().err
     assert "split 'xsub'" in err and "tiny_train, tiny_val" in err
+
+
+def test_pyskl_reference_weights_through_msg3d_test(tmp_path):
+    """PYSKL's own state_dict (fixture) in a PYSKL-style .pth, full-size model, through `msg3d test`:
+    the scores are softmax of the logits PYSKL computed for the same input (REFERENCE §12)."""
+    from conftest import FIXTURES, shared_file
+    from msg3d.data.store import StoreWriter
+
+    ref = torch.load(shared_file(FIXTURES / "pyskl_msg3d_ntu_ref.pt"), map_location="cpu", weights_only=True)
+    x = ref["input"].numpy()  # (2, 2, 64, 25, 3): the backbone's input, i.e. already normalised clips
+    store = tmp_path / "store"
+    with StoreWriter(store, num_joints=25, channels=3) as writer:
+        for i, sample in enumerate(x):
+            writer.append(f"S001C001P001R001A{i + 1:03d}", i, sample)
+        names = [f"S001C001P001R001A{i + 1:03d}" for i in range(len(x))]
+        writer.finish(splits={"ref_val": names}, meta={"layout": "nturgb+d", "modality": "j", "num_classes": 60})
+    ckpt = _pyskl_file(tmp_path / "pyskl.pth", ref["state_dict"])
+    # one test clip of 64 frames of a 64-frame sample is the sample itself (UniformSample, §4.3)
+    metrics = engine_test.evaluate_checkpoint(store, "ref", ckpt, tmp_path / "ref.pkl", num_clips=1, num_workers=0,
+                                              device="cpu", hparams={"clip_len": 64})
+    with open(tmp_path / "ref.pkl", "rb") as f:
+        probs = np.stack(pickle.load(f))
+    np.testing.assert_allclose(probs, ref["logits"].softmax(-1).numpy(), rtol=0, atol=1e-5)
+    assert metrics["model"] == {"base_channels": 96, "num_gcn_scales": 13, "num_g3d_scales": 6}
+    assert metrics["checkpoint_format"] == "pyskl" and metrics["num_samples"] == 2

@@ -17,7 +17,7 @@ from msg3d.engine.hparams import resolve_hparams
 from msg3d.engine.schedule import cosine_lr
 from msg3d.engine.train import EPOCH_COLUMNS, KILL_ENV, NonFiniteLossError, state_checksum, train
 from msg3d.models import build_model
-from test_engine_common import (  # noqa: F401 - fixtures
+from test_engine_common import (
     REFERENCE,
     REFERENCE_SEED,
     TINY,
@@ -25,21 +25,19 @@ from test_engine_common import (  # noqa: F401 - fixtures
     load_state_dict,
     read_epochs,
     read_log,
-    reference_run,
-    tiny_store,
 )
+
+pytest_plugins = ["test_engine_common"]  # fixtures: tiny_store, reference_run, one_torch_thread
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT_ITERS = [4, 8, 9, 12, 16, 18, 20, 24, 27]  # every 4 iterations inside an epoch + epoch ends
 
 
 def _msg3d(*args, env=None, timeout=240):
-    """Run ``python -m msg3d ARGS`` in a fresh process.
-
-    It inherits the thread settings of this one: CPU kernels may sum in another order with another
-    thread count, so bit-identical results need the same number of threads.
-    """
-    full_env = dict(os.environ, **(env or {}))
+    """Run ``python -m msg3d ARGS`` in a fresh process, on one thread like the in-process runs (CPU
+    kernels may sum in another order with another thread count)."""
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run([sys.executable, "-m", "msg3d", *args], cwd=REPO, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
 
@@ -56,7 +54,7 @@ def test_missing_store_is_a_clear_error(tmp_path, capsys):
 
 
 def test_bad_split_lists_the_available_pairs(tiny_store, tmp_path):
-    with pytest.raises(ValueError, match=r"split 'xsub' needs 'xsub_train' and 'xsub_val'.*available split names: tiny"):
+    with pytest.raises(ValueError, match=r"split 'xsub' needs 'xsub_train' and 'xsub_val'.*split names: tiny \("):
         train(tiny_store, "xsub", tmp_path / "run", TINY, seed=0, device="cpu")
     assert not (tmp_path / "run").exists()
 

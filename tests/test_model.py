@@ -169,6 +169,14 @@ def test_input_and_output_shapes_for_odd_lengths():
     assert feats.shape == (1, 2, 48, 4, 17)  # T' = ceil(ceil(13 / 2) / 2)
 
 
+def test_bad_input_shape_is_a_clear_error():
+    model = small_model(layout="coco")
+    with pytest.raises(ValueError, match=r"MSG3D \(coco\) expects input \(N, M, T, V, C\) with \(M, V, C\) = \(2, 17, 3\), got \(1, 2, 10, 25, 3\)"):
+        model(torch.zeros(1, 2, 10, 25, 3))
+    with pytest.raises(ValueError, match="3 input channels"):
+        build_model(60, in_channels=2)
+
+
 @pytest.mark.slow
 def test_torch_compile_fullgraph_matches_eager():
     torch.manual_seed(0)

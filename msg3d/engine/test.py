@@ -30,7 +30,7 @@ import torch
 from msg3d.checkpoint import load_checkpoint, strip_wrapper_prefixes
 from msg3d.data.store import open_store
 from msg3d.engine.evaluate import predict
-from msg3d.engine.hparams import load_hparams
+from msg3d.engine.hparams import load_hparams, resolve_hparams
 from msg3d.engine.progress import Progress
 from msg3d.engine.train import resolve_device
 from msg3d.io import sha256_file, write_bytes_atomic, write_json_atomic, write_pickle_atomic, write_text_atomic
@@ -135,8 +135,8 @@ def write_outputs(paths, probs, labels, frame_dirs, metrics):
     buf = io.BytesIO()
     np.save(buf, cm)
     write_bytes_atomic(paths["confusion_npy"], buf.getvalue())
-    write_text_atomic(paths["confusion_csv"],
-                      _table_csv(["true\\pred", *range(num_classes)], [[c, *cm[c].tolist()] for c in range(num_classes)]))
+    cm_rows = [[c, *cm[c].tolist()] for c in range(num_classes)]
+    write_text_atomic(paths["confusion_csv"], _table_csv(["true\\pred", *range(num_classes)], cm_rows))
     write_json_atomic(paths["metrics"], metrics)
 
 
@@ -144,8 +144,8 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
          device=None, amp=None, hparams=None, progress_seconds=10.0):
     """Test ``checkpoint`` on store ``data``'s ``SPLIT_val``; write the outputs; return the metrics dict.
 
-    ``hparams``: for checkpoints without our config (PYSKL's), a resolved hyper-parameter dict whose
-    ``model`` and ``clip_len`` are used (default: PYSKL's full-size model, clip_len 100).
+    ``hparams``: for checkpoints without our config (PYSKL's), hyper-parameters (overrides of the
+    defaults) whose ``model`` and ``clip_len`` are used (default: PYSKL's full-size model, clip_len 100).
     """
     from msg3d.data import SkeletonDataset
     from msg3d.models import build_model
@@ -166,7 +166,7 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
                              "one (e.g. PYSKL's)")
         hp = config["hparams"]
     else:
-        hp = hparams if hparams is not None else load_hparams()
+        hp = resolve_hparams(hparams)
     model_hp = hp["model"]
     torch.manual_seed(0)  # construction draws random init that the checkpoint then overwrites
     model = build_model(meta["num_classes"], layout=meta["layout"], in_channels=meta["channels"], **model_hp)
@@ -227,9 +227,9 @@ def run(args):
         hp = None
         if args.hparams or args.hparams_json:
             hp = load_hparams(args.hparams, args.hparams_json)
-        metrics = evaluate_checkpoint(args.data, args.split, args.checkpoint, args.out, args.metrics, num_clips=args.num_clips,
-                       batch_size=args.batch_size, num_workers=args.num_workers, device=args.device, amp=args.amp,
-                       hparams=hp)
+        metrics = evaluate_checkpoint(args.data, args.split, args.checkpoint, args.out, args.metrics,
+                                      num_clips=args.num_clips, batch_size=args.batch_size,
+                                      num_workers=args.num_workers, device=args.device, amp=args.amp, hparams=hp)
     except (ValueError, FileNotFoundError) as exc:
         print(f"msg3d test: error: {exc}", file=sys.stderr)
         return 2

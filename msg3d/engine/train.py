@@ -14,9 +14,20 @@ Writes into RUN_DIR (rank 0 only):
   ``checkpoint``, ``best``, ``resume`` and ``error`` events; every line has ``iter`` (iterations
   done).
 
+Determinism: the training order depends only on (seed, epoch) and each item's sampling on (seed,
+epoch, item), never on the number of data workers; on CPU deterministic algorithms are on, so the
+same config and seed give identical weights and epochs.csv (timing columns aside), given the same
+number of CPU threads (kernels sum in thread-dependent order). Without ``--seed`` a new run gets a
+random seed, and a rerun in the same RUN_DIR reuses the recorded one.
+
 Resume: ``--resume`` reloads ``latest.pth`` and continues at the exact iteration, skipping the
-batches of the epoch's (seed, epoch)-determined order that were already consumed; on CPU the final
-weights and epochs.csv (timing columns aside) are bit-identical to an uninterrupted run.
+batches of the epoch's order that were already consumed, so the final weights and epochs.csv equal
+an uninterrupted run's. Without ``--resume`` an existing RUN_DIR with the same config starts over;
+one with a different config is refused unless ``--force``.
+
+DDP (``torchrun``): one process per GPU (gloo on CPU), each with ``batch_size`` samples; BN
+statistics are per process as in PYSKL, and rank 0's are adopted by all ranks before validating
+(so every rank validates, and rank 0 saves, the same model); validation is sharded and gathered.
 
 For tests, ``MSG3D_KILL_AFTER_ITER=N`` makes every rank SIGKILL itself right after iteration N
 (and its checkpoint, if one is due): a reproducible stand-in for a crash.
@@ -397,6 +408,10 @@ def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile
             write_text_atomic(out / "epochs.csv", epochs_csv_text(state["history"]))
         say(f"resuming from {resume_from} at iteration {state['global_iter']}/{max_iters} "
             f"(epoch {state['epoch'] + 1}, batch {state['iter_in_epoch']})")
+        threads = extra.get("meta", {}).get("torch_threads")
+        if device.type == "cpu" and threads not in (None, torch.get_num_threads()):
+            say(f"note: the checkpoint was written with {threads} CPU threads, this process uses "
+                f"{torch.get_num_threads()}; CPU results are bit-identical only with equal thread counts")
 
     model = core
     if compile_model:
@@ -418,6 +433,7 @@ def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile
             "seed": run_seed,
             "msg3d_version": msg3d.__version__,
             "torch_version": str(torch.__version__),
+            "torch_threads": torch.get_num_threads(),
         }
         save_checkpoint(out / "latest.pth", core, optimizer=optimizer, meta=meta_out,
                         scheduler=schedule.state_dict(),

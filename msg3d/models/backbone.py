@@ -16,22 +16,24 @@ class MSG3D(nn.Module):
     Input ``(N, M, T, V, C)`` (samples, persons, frames, joints, channels); output
     ``(N, M, 4 * base_channels, T', V)`` with ``T' = ceil(ceil(T / 2) / 2)``.
 
-    ``data_bn`` normalises every (person, joint, channel) feature over time; ``in_channels`` only
-    sizes it, since the first blocks take 3 channels as in PYSKL. Stage i (widths c1, c2, c3 =
-    base, 2 base, 4 base; stride 1, 2, 2):
-    ``sgcn_i`` = MSGCN(13 scales) -> MSTCN (with the stride) -> MSTCN without ReLU,
-    ``gcn3d_i`` = multi-window G3D (windows 3 and 5, 6 scales), ``tcn_i`` = MSTCN.
+    ``data_bn`` normalises every (person, joint, channel) feature over time. ``in_channels`` must
+    be 3: PYSKL's first blocks take 3 channels whatever it says (it only sizes ``data_bn``).
+    Stage i (widths c1, c2, c3 = base, 2 base, 4 base; stride 1, 2, 2):
+    ``sgcn_i`` = MSGCN(``num_gcn_scales``) -> MSTCN (with the stride) -> MSTCN without ReLU,
+    ``gcn3d_i`` = multi-window G3D (``window_sizes``, ``num_g3d_scales``), ``tcn_i`` = MSTCN.
     Construction order matches PYSKL's, so ``torch.manual_seed`` gives PYSKL's initialisation.
     """
 
     def __init__(self, layout="nturgb+d", in_channels=3, base_channels=96, num_gcn_scales=13, num_g3d_scales=6,
                  num_person=2, tcn_dropout=0.0, window_sizes=(3, 5)):
         super().__init__()
+        if in_channels != 3:
+            raise ValueError(f"MSG3D takes 3 input channels (PYSKL wires 3 into its first blocks), got {in_channels}")
         self.layout = get_layout(layout).name
         adj = binary_adjacency(self.layout)
         self.register_buffer("A", torch.tensor(adj, dtype=torch.float32))
-        num_joints = len(adj)
-        self.data_bn = nn.BatchNorm1d(num_person * num_joints * in_channels)
+        self.num_person, self.num_joints, self.in_channels = num_person, len(adj), in_channels
+        self.data_bn = nn.BatchNorm1d(num_person * self.num_joints * in_channels)
         c1, c2, c3 = base_channels, base_channels * 2, base_channels * 4
 
         def stage(c_in, c_mid, c_out, stride):
@@ -49,6 +51,10 @@ class MSG3D(nn.Module):
         self.gcn3d3, self.sgcn3, self.tcn3 = stage(c2, c2, c3, 2)
 
     def forward(self, x):
+        expected = (self.num_person, self.num_joints, self.in_channels)
+        if x.dim() != 5 or (x.shape[1], x.shape[3], x.shape[4]) != expected:
+            raise ValueError(f"MSG3D ({self.layout}) expects input (N, M, T, V, C) with (M, V, C) = {expected}, "
+                             f"got {tuple(x.shape)}")
         n, m, t, v, c = x.shape
         # data_bn feature index = m * V * C + v * C + c
         x = self.data_bn(x.permute(0, 1, 3, 4, 2).reshape(n, m * v * c, t))

@@ -75,7 +75,11 @@ class MSGCN(nn.Module):
         # On the CPU, one sequence at a time: the projected tensor is K times wider than the input;
         # a per-sequence slice stays in cache, where the whole batch would be hundreds of MB of
         # freshly faulted-in memory. A GPU prefers few large kernels.
-        return self._project_then_aggregate(x, a, sequences_per_step=1 if x.device.type == "cpu" else n)
+        import os
+        budget = int(os.environ.get("CHUNK_BYTES", "0"))
+        t_ = x.shape[2]
+        step = max(1, budget // (t_ * v * k * self.mlp.layers[0].out_channels * 4))
+        return self._project_then_aggregate(x, a, sequences_per_step=step if x.device.type == "cpu" else n)
 
     def _aggregate_then_project(self, x, a):
         n, c, t, v = x.shape
@@ -111,6 +115,8 @@ class MSGCN(nn.Module):
             # Window j = rows (tau, v, k) of frames j*s ... j*s+w-1: a strided view of z, which
             # flattens to (T_w, w * V * K, E) without a copy for a single sequence.
             z = z.unfold(1, w, s).permute(0, 1, 4, 2, 3).reshape(m * t_out, w * v * k, e)
-            outs.append(torch.baddbmm(conv.bias, a_cols.expand(m * t_out, -1, -1), z))  # (m * T_w, V * w, E)
+            # Cast before expanding (under autocast z is bf16): autocast would copy the expanded view.
+            a_batch = a_cols.to(z.dtype).expand(m * t_out, -1, -1)
+            outs.append(torch.baddbmm(conv.bias.to(z.dtype), a_batch, z))  # (m * T_w, V * w, E)
         y = torch.cat(outs).view(n, t_out, v * w, e).permute(0, 3, 1, 2)  # (N, E, T_w, V * w), channels_last
         return relu(bn(y))
