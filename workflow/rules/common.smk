@@ -22,10 +22,8 @@ DATASETS = config["datasets"]
 STREAMS = config["streams"]
 SCHEMES = config["fusion"]
 SEARCH = "search"  # scheme name of the weight search (fusion_search)
-ENTRIES = [
-    *STREAMS,
-    *SCHEMES,
-]  # everything with a scores pickle: streams and fixed-weight schemes
+# everything with a scores pickle: the streams and the fixed-weight fusion schemes
+ENTRIES = [*STREAMS, *SCHEMES]
 # torch intra-op threads of train/test (Snakemake exports OMP_NUM_THREADS={threads}); the cap
 # is the machine, not --cores, so `--cores 8` on a 2-core laptop does not oversubscribe it
 TORCH_THREADS = min(8, os.cpu_count() or 1)
@@ -42,9 +40,8 @@ def _check_config():
             )
         if ds["source"] != "demo" and not ds["path"]:
             raise ValueError(f"{where}.path: required for source {ds['source']}")
-        if ds["source"] == "demo" and (ds["ntu"], ds["annotation"]) != (
-            "ntu60",
-            "3dkp",
+        if ds["source"] == "demo" and (
+            ds["ntu"] != "ntu60" or ds["annotation"] != "3dkp"
         ):
             raise ValueError(
                 f"{where}: the demo is NTU60-style 3D data (ntu: ntu60, annotation: 3dkp)"
@@ -246,7 +243,7 @@ def checkpoint_url(wildcards):
     return given
 
 
-def test_outputs(dataset, split, stream):
+def stream_scores(dataset, split, stream):
     return f"results/test/{dataset}/{split}/{stream}/scores.pkl"
 
 
@@ -276,7 +273,7 @@ def search_inputs(wildcards):
 
 def scores_args(dataset, split, streams):
     return " ".join(
-        shlex.quote(f"{s}={test_outputs(dataset, split, s)}") for s in streams
+        shlex.quote(f"{s}={stream_scores(dataset, split, s)}") for s in streams
     )
 
 
@@ -386,7 +383,7 @@ def scores_file(dataset, split, entry):
     """The scores pickle of a stream or a fixed-weight fusion scheme."""
     if entry in SCHEMES:
         return f"results/fusion/{dataset}/{split}/{entry}.pkl"
-    return test_outputs(dataset, split, entry)
+    return stream_scores(dataset, split, entry)
 
 
 def confusion_scores(wildcards):
