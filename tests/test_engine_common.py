@@ -10,6 +10,7 @@ import pytest
 
 from msg3d.data.derive import derive_annotations
 
+
 @contextlib.contextmanager
 def one_thread():
     """Run torch on one thread: for these tiny models a second thread buys nothing, and on a busy

@@ -5,10 +5,29 @@ import math
 import pytest
 import torch
 
+from msg3d.engine.loader import iterations_per_epoch
 from msg3d.engine.schedule import CosineSchedule, build_optimizer, cosine_lr
 from msg3d.models import build_model
 
 NTU60_XSUB_ITERS = 25_072  # REFERENCE §5: 1,567 iterations/epoch x 16 epochs at global batch 128
+
+
+@pytest.mark.parametrize(
+    "train_samples, per_epoch",  # NTU60 xsub, xview, NTU120 xsub, xset
+    [(40_091, 1_567), (37_646, 1_471), (63_026, 2_462), (54_468, 2_128)],
+)
+def test_iterations_per_epoch_as_pyskl(train_samples, per_epoch):
+    # REFERENCE §5: repeat 5, 8 GPUs x 16, the sampler pads to a multiple of 8, no drop_last
+    assert iterations_per_epoch(train_samples * 5, 8, 16) == per_epoch
+
+
+def test_iterations_per_epoch_equals_the_loader_length():
+    for n in range(1, 14):
+        for world in (1, 2, 3):
+            for batch in (1, 2, 5):
+                sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=world, rank=world - 1)
+                loader = torch.utils.data.DataLoader(range(n), batch_size=batch, sampler=sampler)
+                assert iterations_per_epoch(n, world, batch) == len(loader), (n, world, batch)
 
 
 def test_cosine_values_at_chosen_iterations():

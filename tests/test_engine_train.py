@@ -3,19 +3,29 @@
 import json
 import math
 import os
+import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from msg3d.cli import main as cli_main
+from msg3d.data import SkeletonDataset
+from msg3d.engine.distributed import DistInfo
+from msg3d.engine.evaluate import predict
 from msg3d.engine.hparams import resolve_hparams
+from msg3d.engine.loader import ResumableSampler, eval_loader, merge_rank_outputs, seed_worker
 from msg3d.engine.schedule import cosine_lr
-from msg3d.engine.train import EPOCH_COLUMNS, KILL_ENV, NonFiniteLossError, state_checksum, train
+from msg3d.engine.train import EPOCH_COLUMNS, NonFiniteLossError, state_checksum, train
+from msg3d.metrics import mean_class_accuracy, top_k_accuracy
 from msg3d.models import build_model
 from test_engine_common import (
     REFERENCE,
@@ -23,6 +33,7 @@ from test_engine_common import (
     TINY,
     assert_state_dicts_equal,
     load_state_dict,
+    make_store,
     read_epochs,
     read_log,
 )
@@ -34,12 +45,46 @@ REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT_ITERS = [4, 8, 9, 12, 16, 18, 20, 24, 27]  # every 4 iterations inside an epoch + epoch ends
 
 
-def _msg3d(*args, env=None, timeout=240):
-    """Run ``python -m msg3d ARGS`` in a fresh process, on one thread like the in-process runs (CPU
-    kernels may sum in another order with another thread count)."""
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "msg3d", *args], cwd=REPO, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+# Subprocesses run on one thread like the in-process runs (CPU kernels may sum in another order
+# with another thread count).
+ONE_THREAD_ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def _checkpoints_logged(log_path):
+    """Iterations of the ``checkpoint`` lines in a growing log.jsonl (a torn last line is skipped)."""
+    if not log_path.exists():
+        return []
+    iters = []
+    for line in log_path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record["type"] == "checkpoint":
+            iters.append(record["iter"])
+    return iters
+
+
+def _kill_after_checkpoint(proc, run_dir, min_iter, stderr_path, timeout=300):
+    """SIGKILL ``proc`` from outside once its log records a checkpoint at iteration >= ``min_iter``.
+
+    Polls with a generous deadline so that a slow, loaded machine only makes the test slower; where
+    the kill lands (maybe several iterations later, maybe inside a checkpoint write) varies, and the
+    resume must be exact wherever it is.
+    """
+    deadline = time.monotonic() + timeout
+    while not any(i >= min_iter for i in _checkpoints_logged(run_dir / "log.jsonl")):
+        if proc.poll() is not None:
+            pytest.fail(f"training exited ({proc.returncode}) before it could be killed:\n"
+                        f"{stderr_path.read_text()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"no checkpoint at iteration >= {min_iter} within {timeout} s:\n"
+                        f"{stderr_path.read_text()[-3000:]}")
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 # ----------------------------------------------------------------------------- errors (fast)
@@ -64,6 +109,43 @@ def test_unknown_hparam_on_the_command_line(tiny_store, tmp_path, capsys):
                      "--hparams-json", '{"epoch": 1}'])
     assert code == 2
     assert "unknown hyper-parameter 'epoch'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- data order (fast)
+
+
+def test_training_order_is_pyskls_and_resumes_mid_epoch():
+    # PYSKL's sampler: randperm seeded with seed + epoch, padded with its first items to a
+    # multiple of the world size, rank r takes every world-th item from r
+    g = torch.Generator()
+    g.manual_seed(3 + 2)
+    perm = torch.randperm(11, generator=g).tolist()
+    padded = perm + perm[:1]
+    for rank in (0, 1):
+        sampler = ResumableSampler(range(11), 2, rank, shuffle=True, seed=3)
+        sampler.set_position(2)
+        assert list(sampler) == padded[rank::2] and len(sampler) == 6
+        sampler.set_position(2, 4)  # 4 items of the epoch already trained on
+        assert list(sampler) == padded[rank::2][4:] and len(sampler) == 2
+    with pytest.raises(ValueError, match=r"sampler position 7 outside \[0, 6\]"):
+        sampler.set_position(2, 7)
+
+
+def test_sharded_evaluation_is_put_back_in_dataset_order():
+    per_rank = []
+    for rank in (0, 1):
+        loader = eval_loader(list(range(7)), 3, 0, DistInfo(rank=rank, world_size=2), seed=0, pin_memory=False)
+        per_rank.append(torch.cat(list(loader)).numpy())
+    assert [r.tolist() for r in per_rank] == [[0, 2, 4, 6], [1, 3, 5, 0]]  # 7 padded to 8
+    assert merge_rank_outputs(per_rank, 7).tolist() == list(range(7))
+
+
+def test_worker_seeding_is_pyskls():
+    seed_worker(1, num_workers=2, rank=1, seed=10)  # 2 x 1 + 1 + 10 = 13
+    drawn = (np.random.randint(2**31), random.random())
+    np.random.seed(13)
+    random.seed(13)
+    assert drawn == (np.random.randint(2**31), random.random())
 
 
 # ----------------------------------------------------------------------------- one reference run
@@ -123,31 +205,47 @@ def test_same_seed_same_results_whatever_the_worker_count(reference_run, tiny_st
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_is_bit_identical(reference_run, tiny_store, tmp_path):
+def test_kill_9_then_resume_is_bit_identical(reference_run, tiny_store, tmp_path, capsys):
     out = tmp_path / "killed"
     args = ["train", "--data", str(tiny_store), "--split", "tiny", "--out", str(out),
-            "--hparams-json", json.dumps(REFERENCE), "--seed", str(REFERENCE_SEED), "--device", "cpu"]
-    # SIGKILL after iteration 14 of 27: the last checkpoint is iteration 12, 3 batches into epoch 2
-    killed = _msg3d(*args, env={KILL_ENV: "14"})
-    assert killed.returncode == -9, killed.stderr
-    meta = torch.load(out / "latest.pth", map_location="cpu", weights_only=True)["meta"]
-    assert (meta["epoch"], meta["iter"]) == (1, 12)
-    assert len(read_epochs(out / "epochs.csv")) == 1
+            "--hparams-json", json.dumps(REFERENCE), "--device", "cpu"]
+    stderr_path = tmp_path / "killed.stderr"
+    with open(stderr_path, "w") as stderr:  # a file, not a pipe: a full pipe would stall the run
+        proc = subprocess.Popen([sys.executable, "-m", "msg3d", *args, "--seed", str(REFERENCE_SEED)], cwd=REPO,
+                                env=ONE_THREAD_ENV, stdout=subprocess.DEVNULL, stderr=stderr)
+        # kill -9 once epoch 2 has begun (first checkpoint there: 12 of 27; REFERENCE's runs last 27)
+        _kill_after_checkpoint(proc, out, 10, stderr_path)
+    assert proc.returncode == -signal.SIGKILL, stderr_path.read_text()[-3000:]
+    resumed_from = torch.load(out / "latest.pth", map_location="cpu", weights_only=True)["meta"]["iter"]
+    assert resumed_from < 27, "killed only after the last checkpoint: nothing left to resume"
 
-    # a changed config is refused on resume
+    # a changed config is refused on resume; forced, it fails on the schedule and leaves the folder as it was
     changed = dict(REFERENCE, epochs=4)
     with pytest.raises(ValueError, match=r"(?s)--resume: the config differs.*hparams.epochs: 3 -> 4"):
         train(tiny_store, "tiny", out, changed, resume=True, device="cpu")
+    with pytest.raises(ValueError, match=r"checkpoint schedule \(lr 0.03, 27 iterations\) does not match"):
+        train(tiny_store, "tiny", out, changed, resume=True, force=True, device="cpu")
+    # without config.json (lost), a resume without --seed would draw another seed: refused
+    (out / "config.json").rename(tmp_path / "config.json")
+    with pytest.raises(ValueError, match=rf"trained with seed {REFERENCE_SEED}, this run has seed \d+; resume "
+                                         rf"with --seed {REFERENCE_SEED}"):
+        train(tiny_store, "tiny", out, REFERENCE, resume=True, device="cpu")
+    (tmp_path / "config.json").rename(out / "config.json")
+    # what a kill inside an atomic write leaves behind
+    (out / ".latest.pth.tmp-x1y2z3").write_bytes(b"partial")
 
-    train(tiny_store, "tiny", out, REFERENCE, resume=True, device="cpu")  # seed comes from config.json
+    assert cli_main(args + ["--resume"]) == 0, capsys.readouterr().err  # the seed comes from config.json
+    assert f"resuming from {out / 'latest.pth'} at iteration {resumed_from}/27" in capsys.readouterr().err
     assert read_epochs(out / "epochs.csv") == read_epochs(reference_run / "epochs.csv")
     assert_state_dicts_equal(load_state_dict(out / "latest.pth"), load_state_dict(reference_run / "latest.pth"))
     assert_state_dicts_equal(load_state_dict(out / "best.pth"), load_state_dict(reference_run / "best.pth"))
+    assert (out / "config.json").read_text() == (reference_run / "config.json").read_text()
     assert [r["iter"] for r in read_log(out / "log.jsonl", "checkpoint")] == CHECKPOINT_ITERS
-    assert [r["iter"] for r in read_log(out / "log.jsonl", "resume")] == [12]
-    # the interval averages of the log lines survive the interruption too (line at 15 spans it)
+    assert [r["iter"] for r in read_log(out / "log.jsonl", "resume")] == [resumed_from]
+    # the interval averages of the log lines survive the interruption too
     assert read_log(out / "log.jsonl", "train") == read_log(reference_run / "log.jsonl", "train")
     assert read_log(out / "log.jsonl", "val") == read_log(reference_run / "log.jsonl", "val")
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # the temporary is cleaned up
 
 
 @pytest.mark.slow
@@ -195,15 +293,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_store, tmp_pa
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_ranks_agree_and_rank0_writes_once(tiny_store, tmp_path):
+def test_ddp_two_cpu_ranks_agree_and_rank0_writes_once(tmp_path):
+    # 11 train / 7 val samples: odd counts, so both the training and the validation sampler pad
+    store = make_store(tmp_path / "store", num_train=11, num_val=7)
     out = tmp_path / "ddp"
-    hp = dict(TINY, batch_size=3, lr_batch=6, checkpoint_interval=1)  # 12 samples / (3 x 2) = 2 iters/epoch
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    hp = dict(TINY, batch_size=3, lr_batch=6, checkpoint_interval=1)  # ceil(11 / 2) = 6 per rank: 2 iters/epoch
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "msg3d",
-         "train", "--data", str(tiny_store), "--split", "tiny", "--out", str(out), "--device", "cpu",
+         "train", "--data", str(store), "--split", "tiny", "--out", str(out), "--device", "cpu",
          "--seed", "5", "--hparams-json", json.dumps(hp)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+        cwd=REPO, env=ONE_THREAD_ENV, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     sums = dict(re.findall(r"rank (\d) final weights sha256 ([0-9a-f]{64})", proc.stderr))
@@ -214,14 +313,18 @@ def test_ddp_two_cpu_ranks_agree_and_rank0_writes_once(tiny_store, tmp_path):
     derived = config["derived"]
     assert derived.pop("lr_used") == pytest.approx(0.1)  # 0.1 x (3 x 2) / 6
     assert derived == {"global_batch": 6, "iters_per_epoch": 2, "max_iters": 4}
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in log if r["type"] == "checkpoint"] == [1, 2, 3, 4]  # once each, not per rank
+    log = out / "log.jsonl"
+    assert [r["iter"] for r in read_log(log, "checkpoint")] == [1, 2, 3, 4]  # once each, not per rank
+    assert [r["iter"] for r in read_log(log, "val")] == [2, 4]
     assert len(read_epochs(out / "epochs.csv")) == 2
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     # the saved weights are the ranks' weights
     model = build_model(3, layout="nturgb+d", **TINY["model"])
     model.load_state_dict(load_state_dict(out / "latest.pth"))
     assert state_checksum(model) == sums["0"]
-    # validation covered every val sample once (6 samples, padded per rank and trimmed)
-    val = [r for r in log if r["type"] == "val"][-1]
-    assert math.isclose(val["top1"] * 6, round(val["top1"] * 6))
+    # the sharded validation scored each of the 7 val samples once: as one process scores them
+    ds = SkeletonDataset(store, "tiny_val", clip_len=TINY["clip_len"], test_mode=True)
+    probs = predict(model, DataLoader(ds, batch_size=len(ds)), torch.device("cpu"))
+    val = read_log(log, "val")[-1]
+    assert [val["top1"], val["top5"]] == top_k_accuracy(probs, ds.labels, (1, 5))
+    assert val["mean_class_accuracy"] == mean_class_accuracy(probs, ds.labels)

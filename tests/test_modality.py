@@ -93,6 +93,39 @@ def test_prenormalize3d_centers_float16_in_float16():
     assert np.abs(widened - expected16).max() > 1e-4  # the test can tell the two orders apart
 
 
+def _rodrigues(vector, target):
+    """Rotation (p -> R p) by the angle between ``vector`` and ``target`` about their cross product."""
+    axis = np.cross(vector.astype(np.float64), target)
+    axis /= np.linalg.norm(axis)
+    unit = vector / np.linalg.norm(vector)  # in the vector's own dtype, as PYSKL computes it
+    angle = np.arccos(np.clip(np.dot(unit.astype(np.float64), target), -1, 1))
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
+
+
+def test_prenormalize3d_rotates_float16_data_with_float16_unit_vectors():
+    # PYSKL keeps float16 through the centering and the spine's unit vector (np.linalg.norm of a
+    # float16 vector is float16); only the rotation itself is float64. Expected values by
+    # Rodrigues' formula, a different route to the same rotations.
+    x = np.random.default_rng(3).uniform(-1.0, 1.0, size=(2, 6, 25, 3)).astype(np.float16)
+    x[1, :2] = 0  # second body absent at first
+    x[0, 3, 7] = 0  # a missing joint
+    centered = (x - x[0, 0, 1]) * (x != 0).any(-1, keepdims=True)
+    assert centered.dtype == np.float16
+    spine = centered[0, 0, 1] - centered[0, 0, 0]
+    after_z = centered.astype(np.float64) @ _rodrigues(spine, [0.0, 0.0, 1.0]).T
+    shoulders = after_z[0, 0, 8] - after_z[0, 0, 4]
+    want = after_z @ _rodrigues(shoulders, [1.0, 0.0, 0.0]).T
+    out, center = PreNormalize3D()(x)
+    np.testing.assert_array_equal(center, x[0, 0, 1])
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-12)
+    assert not out[0, 3, 7].any() and not out[1, :2].any()  # zeros stay exactly zero
+    # a float64 unit vector would move the output by far more than the tolerance
+    wide = centered.astype(np.float64) @ _rodrigues(spine.astype(np.float64), [0.0, 0.0, 1.0]).T
+    wide = wide @ _rodrigues(wide[0, 0, 8] - wide[0, 0, 4], [1.0, 0.0, 0.0]).T
+    assert np.abs(wide - want).max() > 1e-4
+
+
 def test_prenormalize3d_zero_joints_stay_zero_and_empty_frames_drop():
     x = np.zeros((1, 5, 25, 3))
     x[0, :, :, :] = np.arange(75).reshape(25, 3) + 1.0

@@ -1,5 +1,7 @@
 """Raw NTU conversion (msg3d.data.ntu_raw) against hand-derived arrays and PYSKL's output."""
 
+import collections
+import importlib.util
 import io
 import pickle
 import subprocess
@@ -81,18 +83,19 @@ def test_partly_implausible_body_ranks_by_its_plausible_frames(tmp_path):
 def test_motion_ties_after_spread_denoising_keep_the_first_ranking(tmp_path):
     # Same plausible frames, so the same reduced motion; the re-sort is stable, so the body with
     # more motion before denoising (y, wider implausible frames) stays first although x comes
-    # first in the file.
+    # first in the file and has the larger ID.
     x = np.concatenate([body(9), body(4, shape=WIDE)])
     y = np.concatenate([body(9), body(4, shape=WIDE * [1.5, 1, 1])])
-    data = skeleton_bytes(13, (BODY_ID, range(13), x), (BODY_ID + 1, range(13), y))
+    data = skeleton_bytes(13, (BODY_ID + 1, range(13), x), (BODY_ID, range(13), y))
     np.testing.assert_array_equal(convert_bytes(data, tmp_path), expected(y, x))
 
 
-@pytest.mark.parametrize("n_wide, kept", [(9, True), (10, False)])  # 9/13 = 69.2 %, 10/13 = 76.9 %
-def test_spread_noise_threshold(tmp_path, n_wide, kept):
-    noisy = np.concatenate([body(13 - n_wide), body(n_wide, shape=WIDE)])
-    clean = body(13, step=MOVING)
-    data = skeleton_bytes(13, (BODY_ID, range(13), noisy), (BODY_ID + 1, range(13), clean))
+# implausible share 9/13 = 69.2 % and 30/43 = 69.77 %, either side of 69.754 %
+@pytest.mark.parametrize("n, n_wide, kept", [(13, 9, True), (43, 30, False)])
+def test_spread_noise_threshold(tmp_path, n, n_wide, kept):
+    noisy = np.concatenate([body(n - n_wide), body(n_wide, shape=WIDE)])
+    clean = body(n, step=MOVING)
+    data = skeleton_bytes(n, (BODY_ID, range(n), noisy), (BODY_ID + 1, range(n), clean))
     out = convert_bytes(data, tmp_path)
     # kept: its motion drops to that of its plausible frames (0.156), below clean's 0.191
     want = expected(clean, noisy) if kept else expected(clean)
@@ -162,6 +165,65 @@ def test_body_that_leaves_and_returns_is_stacked_without_the_gap(tmp_path):
 def test_single_short_body_is_kept(tmp_path):
     a = body(3)  # the length filter only applies when there are several bodies
     np.testing.assert_array_equal(convert_bytes(skeleton_bytes(3, (BODY_ID, range(3), a)), tmp_path), expected(a))
+
+
+def _random_tracks(rng, num_frames):
+    """Up to 6 bodies that exercise every branch of PYSKL's selection (see the test below)."""
+    tracks = []
+    ids = BODY_ID + rng.permutation(8)  # first appearance does not follow the ID order
+    for b in range(int(rng.integers(1, 7))):
+        length = int(rng.choice([rng.integers(1, num_frames + 1), min(num_frames, 11), min(num_frames, 12)]))
+        start = int(rng.integers(0, num_frames - length + 1))
+        present = np.arange(start, start + length)
+        if length > 2 and rng.random() < 0.3:  # leaves and comes back
+            present = np.sort(rng.choice(present, size=int(rng.integers(1, length)), replace=False))
+        shape = (UPRIGHT, WIDE)[int(rng.random() < 0.3)] * rng.uniform(0.5, 1.5, 3)
+        joints = body(len(present), step=rng.normal(0, 0.02, 3), offset=rng.normal(0, 0.5, 3), shape=shape)
+        implausible = rng.random(len(present)) < rng.uniform(0, 0.9)  # some frames smeared sideways
+        joints[implausible] = body(1, shape=1.3 * WIDE)
+        joints[rng.random(len(present)) < 0.05] = 0  # all joints at 0
+        joints[rng.random(len(present)) < 0.05, 1] = 0  # joint 1 missing (the swap test)
+        tracks.append((ids[b], present, joints))
+    if rng.random() < 0.3:  # body 0 mirrored in x: exactly the same motion, so the order of ties shows
+        _, present, joints = tracks[0]
+        tracks.insert(int(rng.integers(len(tracks) + 1)), (ids[-1], present, joints * [-1, 1, 1]))
+    return tracks
+
+
+def test_random_files_match_a_port_of_pyskl(tmp_path):
+    # benchmarks/convert_speed.py holds a straightforward port of PYSKL's ntu_preproc.py (its
+    # speed baseline); on files built to hit every selection branch (length and spread noise,
+    # ties, gaps, two tracks, trimming, swaps) both give the same array or both fail.
+    spec = importlib.util.spec_from_file_location("convert_speed", REPO / "benchmarks" / "convert_speed.py")
+    port = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(port)
+    rng = np.random.default_rng(0)
+    outcomes = collections.Counter()
+    for i in range(150):
+        num_frames = int(rng.integers(1, 40))
+        path = tmp_path / f"S001C001P001R001A{i % 120 + 1:03d}.skeleton"
+        path.write_bytes(skeleton_bytes(num_frames, *_random_tracks(rng, num_frames)))
+        try:
+            want = port.port_convert(path)
+        except (AssertionError, IndexError):  # where PYSKL's script would crash
+            with pytest.raises(NoBodiesError):
+                ntu_raw.convert_file(path)
+            outcomes["no body"] += 1
+            continue
+        got = ntu_raw.convert_file(path)
+        assert got.dtype == np.float16 and got.shape == want.shape, i
+        np.testing.assert_array_equal(got, want, err_msg=str(i))
+        outcomes[f"M={len(got)}"] += 1
+    assert min(outcomes.values()) >= 20 and len(outcomes) == 3, outcomes  # every outcome is exercised
+
+
+def test_coordinates_beyond_float16_are_an_error(tmp_path):
+    joints = body(3)
+    joints[1, 4, 2] = 70000.0  # float16 overflows to inf from 65520 on
+    with pytest.raises(SkeletonFormatError, match=r"A001\.skeleton: .* coordinate of 70000, beyond float16"):
+        convert_bytes(skeleton_bytes(3, (BODY_ID, range(3), joints)), tmp_path)
+    joints[1, 4, 2] = 65504.0  # the largest float16 is fine
+    assert convert_bytes(skeleton_bytes(3, (BODY_ID, range(3), joints)), tmp_path)[0, 1, 4, 2] == 65504
 
 
 @pytest.mark.parametrize(

@@ -66,18 +66,28 @@ def test_seeded_train_sampling_is_deterministic():
     assert not np.array_equal(a, c)
 
 
-def test_global_rng_consumes_the_stream_like_pyskl():
-    # PYSKL per clip: rand() (p_interval ratio), randint(1) (draws nothing), then the branch draw.
-    n = 37
+@pytest.mark.parametrize("n", [37, 150, 250])
+def test_global_rng_consumes_the_stream_like_pyskl(n):
+    # PYSKL per clip: rand() (p_interval ratio), randint(1) (the offset), then the branch's draw.
     np.random.seed(11)
     got = uniform_sample(n, 100, 2)
     legacy = np.random.RandomState(11)
     expected = []
     for _ in range(2):
         legacy.rand()
-        start = legacy.randint(0, n)
-        expected.append(np.arange(start, start + 100) % n)
+        legacy.randint(1)
+        if n < 100:
+            start = legacy.randint(0, n)
+            expected.append(np.arange(start, start + 100) % n)
+        elif n < 200:
+            offset = np.zeros(101, dtype=np.int64)
+            offset[legacy.choice(101, n - 100, replace=False)] = 1
+            expected.append(np.arange(100) + np.cumsum(offset)[:-1])
+        else:
+            bounds = np.array([i * n // 100 for i in range(101)])
+            expected.append(bounds[:100] + legacy.randint(np.diff(bounds)))
     np.testing.assert_array_equal(got, np.concatenate(expected))
+    assert np.random.rand() == legacy.rand()  # and leaves the global stream where PYSKL would
 
 
 def test_test_mode_leaves_global_rng_alone_and_is_cached_read_only():

@@ -186,11 +186,13 @@ def test_code_digest_covers_what_each_stage_imports(stage):
     """What a stage's module loads in a fresh interpreter, and every msg3d import written in the
     files hashed for it (function-level ones included), must be hashed for that stage."""
     module = CODE_PARTS["stages"][stage]["module"]
-    probe = f"import json, sys, {module}; print(json.dumps(sorted(m for m in sys.modules if m.startswith('msg3d'))))"
+    probe = f"import json, sys, {module}; print(json.dumps([m for m in sys.modules if m[:5] in ('msg3d', 'torch')]))"
     proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=run_env(REPO), capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     loaded = json.loads(proc.stdout)
     assert module in loaded
+    assert ("torch" in loaded) == (stage in ("train", "test")), "only training and testing may import torch"
+    loaded = [m for m in loaded if m.startswith("msg3d")]
     missing = [m for m in loaded if not _hashed(stage, _module_path(m))]
     assert not missing, f"stage {stage} loads {missing}, which workflow/code_parts.yaml does not hash for it"
 

@@ -51,6 +51,7 @@ LENGTH_THRESHOLD = 11  # bodies with this many frames or fewer are noise
 WH_RATIO = 0.8  # a frame is plausible if x-range <= WH_RATIO * y-range
 SPREAD_NOISE_RATIO = 0.69754  # drop a body with at least this share of implausible frames
 EPS = 1e-3  # a frame (or joint) is empty if the sum of its |coordinates| is below this
+FLOAT16_OVERFLOW = 65520.0  # the smallest magnitude that rounds to inf in float16
 
 SKIPPED_TSV = "skipped.tsv"
 PROGRESS_SECONDS = 2.0
@@ -402,7 +403,13 @@ def convert_file(path):
     Raises ``SkeletonFormatError``, ``NoBodiesError`` or ``OSError``.
     """
     path = Path(path)
-    return select_bodies(parse_skeleton(path.read_bytes(), str(path))).astype(np.float16)
+    keypoint = select_bodies(parse_skeleton(path.read_bytes(), str(path)))
+    # PYSKL would store inf here (|x| >= 65520 does not fit float16); metres never get there, so
+    # such a file is corrupt, and an inf would make the whole pickle fail validation later.
+    largest = np.abs(keypoint).max()
+    if largest >= FLOAT16_OVERFLOW:
+        raise SkeletonFormatError(f"{path}: a selected body has a coordinate of {largest:.7G}, beyond float16's range")
+    return keypoint.astype(np.float16)
 
 
 # ----------------------------------------------------------------------------------------------

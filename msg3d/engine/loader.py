@@ -7,12 +7,19 @@ depend on the number of workers, and skipping the batches an interrupted run alr
 reproduces the rest of the epoch exactly.
 """
 
+import math
 import random
 from functools import partial
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
+
+
+def iterations_per_epoch(num_items, world_size, batch_size):
+    """Batches per process and epoch: the sampler pads ``num_items`` to a multiple of the world
+    size, and the last batch may be partial (no drop_last), as PYSKL's loaders."""
+    return math.ceil(math.ceil(num_items / world_size) / batch_size)
 
 
 class ResumableSampler(DistributedSampler):
@@ -38,11 +45,11 @@ class ResumableSampler(DistributedSampler):
 
 
 def seed_worker(worker_id, num_workers, rank, seed):
-    """PYSKL's worker seeding: numpy, random and torch get ``num_workers·rank + worker_id + seed``."""
+    """PYSKL's worker seeding: numpy and random get ``num_workers·rank + worker_id + seed`` (torch's
+    worker RNG is already seeded by the loader's generator)."""
     worker_seed = num_workers * rank + worker_id + seed
     np.random.seed(worker_seed % 2**32)
     random.seed(worker_seed)
-    torch.manual_seed(worker_seed)
 
 
 def _loader(dataset, batch_size, sampler, num_workers, rank, seed, pin_memory):

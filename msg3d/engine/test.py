@@ -69,10 +69,15 @@ def read_checkpoint(path):
 
 
 def check_checkpoint_fits(ckpt, path, meta, num_person=2):
-    """Refuse a checkpoint whose class count, layout or input channels differ from the store's."""
+    """Refuse a checkpoint whose class count, layout or input channels differ from the store's.
+
+    Returns the training config of our checkpoints (``meta['config']``), None for PYSKL's."""
     sd = strip_wrapper_prefixes(ckpt["state_dict"])
-    config = (ckpt.get("meta") or {}).get("config") if isinstance(ckpt.get("meta"), dict) else None
-    if isinstance(config, dict):
+    meta_in = ckpt.get("meta")
+    config = meta_in.get("config") if isinstance(meta_in, dict) else None
+    if not isinstance(config, dict):  # PYSKL keeps its config as text
+        config = None
+    if config is not None:
         trained = config.get("data", {}).get("meta", {})
         for key in ("layout", "modality"):
             if key in trained and key in meta and trained[key] != meta[key]:
@@ -98,7 +103,7 @@ def check_checkpoint_fits(ckpt, path, meta, num_person=2):
             f"checkpoint {path} expects {data_bn.shape[0]} = persons x joints x channels inputs, but the "
             f"store gives {num_person} x {meta['num_joints']} x {meta['channels']}"
         )
-    return config if isinstance(config, dict) else None
+    return config
 
 
 def _table_csv(header, rows):
@@ -140,8 +145,8 @@ def write_outputs(paths, probs, labels, frame_dirs, metrics):
     write_json_atomic(paths["metrics"], metrics)
 
 
-def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_clips=10, batch_size=8, num_workers=2,
-         device=None, amp=None, hparams=None, progress_seconds=10.0):
+def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_clips=10, batch_size=8,
+                        num_workers=2, device=None, amp=None, hparams=None, progress_seconds=10.0):
     """Test ``checkpoint`` on store ``data``'s ``SPLIT_val``; write the outputs; return the metrics dict.
 
     ``hparams``: for checkpoints without our config (PYSKL's), hyper-parameters (overrides of the
@@ -168,7 +173,6 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
     else:
         hp = resolve_hparams(hparams)
     model_hp = hp["model"]
-    torch.manual_seed(0)  # construction draws random init that the checkpoint then overwrites
     model = build_model(meta["num_classes"], layout=meta["layout"], in_channels=meta["channels"], **model_hp)
     load_checkpoint(model, ckpt)
     model.to(device)

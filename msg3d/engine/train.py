@@ -28,9 +28,6 @@ one with a different config is refused unless ``--force``.
 DDP (``torchrun``): one process per GPU (gloo on CPU), each with ``batch_size`` samples; BN
 statistics are per process as in PYSKL, and rank 0's are adopted by all ranks before validating
 (so every rank validates, and rank 0 saves, the same model); validation is sharded and gathered.
-
-For tests, ``MSG3D_KILL_AFTER_ITER=N`` makes every rank SIGKILL itself right after iteration N
-(and its checkpoint, if one is due): a reproducible stand-in for a crash.
 """
 
 import csv
@@ -39,10 +36,8 @@ import hashlib
 import io
 import json
 import math
-import os
 import random
 import secrets
-import signal
 import sys
 import time
 from pathlib import Path
@@ -56,7 +51,7 @@ from msg3d.data.store import open_store
 from msg3d.engine import distributed as distmod
 from msg3d.engine.evaluate import autocast, predict_all_ranks
 from msg3d.engine.hparams import load_hparams, resolve_hparams, scaled_lr
-from msg3d.engine.loader import eval_loader, train_loader
+from msg3d.engine.loader import eval_loader, iterations_per_epoch, train_loader
 from msg3d.engine.progress import Progress
 from msg3d.engine.schedule import CosineSchedule, build_optimizer
 from msg3d.io import write_json_atomic, write_text_atomic
@@ -64,7 +59,6 @@ from msg3d.metrics import mean_class_accuracy, top_k_accuracy
 
 EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_top1", "val_top1", "val_top5", "seconds", "samples_per_s"]
 TIMING_COLUMNS = ("seconds", "samples_per_s")
-KILL_ENV = "MSG3D_KILL_AFTER_ITER"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -99,18 +93,8 @@ def split_pair(store, store_dir, split):
 
 
 def _jsonable(obj):
-    """JSON round trip, so a config compares equal to its reloaded config.json."""
-
-    def default(o):
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, (np.ndarray, tuple, set)):
-            return list(o.tolist() if isinstance(o, np.ndarray) else o)
-        if isinstance(o, Path):
-            return str(o)
-        raise TypeError(f"cannot store {type(o).__name__} in config.json")
-
-    return json.loads(json.dumps(obj, default=default, sort_keys=True))
+    """JSON round trip (tuples become lists), so a config compares equal to its reloaded config.json."""
+    return json.loads(json.dumps(obj, sort_keys=True))
 
 
 def config_differences(old, new, prefix=""):
@@ -318,8 +302,7 @@ def _setup_run(data, split, out, hp, info, resume, force, seed, device, amp, com
         try:
             n_train = len(store.splits[train_split])
             n_val = len(store.splits[val_split])
-            per_rank = math.ceil(n_train * hp["repeat"] / info.world_size)
-            iters_per_epoch = math.ceil(per_rank / hp["batch_size"])
+            iters_per_epoch = iterations_per_epoch(n_train * hp["repeat"], info.world_size, hp["batch_size"])
             chosen_seed = seed if seed is not None else secrets.randbelow(2**31)
             config = make_config(hp, chosen_seed, data, store, split, train_split, val_split, n_train, n_val,
                                  device, amp, compile_model, info.world_size, iters_per_epoch)
@@ -352,10 +335,14 @@ def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile
 
     if main:
         out.mkdir(parents=True, exist_ok=True)
+        for name in ("config.json", *RUN_FILES):
+            # temporaries of atomic writes that a killed run could not clean up
+            for stale in out.glob(f".{name}.tmp-*"):
+                stale.unlink()
         if resume_from is None:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
-        write_json_atomic(out / "config.json", config)
+            write_json_atomic(out / "config.json", config)
 
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
     random.seed(run_seed)
@@ -372,8 +359,6 @@ def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile
     val_load = eval_loader(val_ds, hp["batch_size"], hp["num_workers"], info, run_seed, pin)
     iters_per_epoch = config["derived"]["iters_per_epoch"]
     max_iters = config["derived"]["max_iters"]
-    if math.ceil(sampler.num_samples / hp["batch_size"]) != iters_per_epoch:
-        raise RuntimeError("internal error: loader length disagrees with the planned iterations per epoch")
     schedule = CosineSchedule(optimizer, scaled_lr(hp, info.world_size), max_iters)
 
     state = {
@@ -392,6 +377,11 @@ def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile
         train_state = extra.get("train_state")
         if train_state is None or "optimizer" not in extra:
             raise ValueError(f"{resume_from} has no resume state (not a latest.pth written by msg3d train)")
+        trained_seed = extra.get("meta", {}).get("seed")
+        if trained_seed not in (None, run_seed) and not force:
+            # only reachable without a usable config.json (otherwise the config check refused it)
+            raise ValueError(f"{resume_from} was trained with seed {trained_seed}, this run has seed {run_seed}; "
+                             f"resume with --seed {trained_seed} (or --force to continue with the new seed)")
         if train_state["world_size"] != info.world_size:
             raise ValueError(
                 f"{resume_from} was written by {train_state['world_size']} processes; resume with the same number "
@@ -405,6 +395,8 @@ def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile
         log.truncate_after(state["global_iter"])
         log.write(type="resume", iter=state["global_iter"], epoch=state["epoch"] + 1, checkpoint=str(resume_from))
         if main:
+            # only now that the checkpoint fits: a refused --force resume leaves config.json as it was
+            write_json_atomic(out / "config.json", config)
             write_text_atomic(out / "epochs.csv", epochs_csv_text(state["history"]))
         say(f"resuming from {resume_from} at iteration {state['global_iter']}/{max_iters} "
             f"(epoch {state['epoch'] + 1}, batch {state['iter_in_epoch']})")
@@ -442,7 +434,6 @@ def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile
                                                   "start": state["iter_in_epoch"] * hp["batch_size"]}))
         log.write(type="checkpoint", file="latest.pth", iter=state["global_iter"])
 
-    kill_after = int(os.environ.get(KILL_ENV, "0") or 0)
     progress = Progress(max_iters, state["global_iter"], min_seconds=progress_seconds, enabled=main)
     say(f"{config['data']['num_train_samples']} train / {config['data']['num_val_samples']} val samples, "
         f"{iters_per_epoch} iterations/epoch x {hp['epochs']} epochs, lr {scaled_lr(hp, info.world_size):g}, "
@@ -498,8 +489,6 @@ def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile
                 state["epoch_seconds"] = time.perf_counter() - t_epoch
                 state["epoch_train_seconds"] = time.perf_counter() - t_train
                 save_latest()
-            if done == kill_after and state["iter_in_epoch"] < iters_per_epoch:
-                os.kill(os.getpid(), signal.SIGKILL)
         train_seconds = time.perf_counter() - t_train
 
         distmod.sync_buffers(info, core)
@@ -543,8 +532,6 @@ def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile
         save_latest()
         if main:
             write_text_atomic(out / "epochs.csv", epochs_csv_text(state["history"]))
-        if state["global_iter"] == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
 
     checksum = state_checksum(core)
     print(f"msg3d train: rank {info.rank} final weights sha256 {checksum}", file=sys.stderr, flush=True)

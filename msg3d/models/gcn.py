@@ -75,11 +75,7 @@ class MSGCN(nn.Module):
         # On the CPU, one sequence at a time: the projected tensor is K times wider than the input;
         # a per-sequence slice stays in cache, where the whole batch would be hundreds of MB of
         # freshly faulted-in memory. A GPU prefers few large kernels.
-        import os
-        budget = int(os.environ.get("CHUNK_BYTES", "0"))
-        t_ = x.shape[2]
-        step = max(1, budget // (t_ * v * k * self.mlp.layers[0].out_channels * 4))
-        return self._project_then_aggregate(x, a, sequences_per_step=step if x.device.type == "cpu" else n)
+        return self._project_then_aggregate(x, a, sequences_per_step=1 if x.device.type == "cpu" else n)
 
     def _aggregate_then_project(self, x, a):
         n, c, t, v = x.shape
