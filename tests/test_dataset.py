@@ -1,7 +1,5 @@
 """SkeletonDataset against PYSKL's full val/test pipeline outputs, and its sampling contract."""
 
-import importlib.util
-
 import numpy as np
 import pytest
 import torch
@@ -117,7 +115,6 @@ def test_seeded_batches_do_not_depend_on_workers(stores):
     assert torch.equal(batches[0], batches[1])
 
 
-@pytest.mark.skipif(importlib.util.find_spec("msg3d.data.ntu_raw") is None, reason="convert-ntu not available")
 def test_real_ntu_files_convert_derive_and_sample_like_pyskl(tmp_path):
     # Our convert-ntu -> derive -> dataset vs PYSKL's conversion (fixture) through the same operators.
     shared_file(REALDATA)

@@ -1,6 +1,5 @@
 """MS-G3D model: PYSKL's state_dict layout, initialisation and numbers; training, bf16, compile."""
 
-import copy
 import json
 
 import pytest
@@ -163,37 +162,18 @@ def test_msgcn_equals_pyskl_einsum_formulation(c_in, c_out, window, stride):
             torch.testing.assert_close(whole, expected, rtol=1e-5, atol=1e-5)
 
 
-def branchwise_mstcn(module, x):
-    """PYSKL's MSTCN forward: every branch Sequential on its own, concatenated, plus the residual."""
-    res = x if module.residual is None else module.residual(x)
-    return module.act(torch.cat([branch(x) for branch in module.branches], dim=1) + res)
-
-
-@pytest.mark.parametrize("c_in, c_out, stride, activation", [(12, 12, 1, True), (12, 24, 2, False), (6, 14, 1, True)])
-def test_mstcn_grouped_forward_equals_branchwise(c_in, c_out, stride, activation):
+@pytest.mark.parametrize("c_in, c_out, stride, activation, widths", [
+    (12, 12, 1, True, [2, 2, 2, 2, 2, 2]), (12, 24, 2, False, [4, 4, 4, 4, 4, 4]), (6, 14, 1, True, [2, 2, 2, 2, 2, 4]),
+])
+def test_mstcn_structure(c_in, c_out, stride, activation, widths):
     torch.manual_seed(0)
-    ours = MSTCN(c_in, c_out, stride=stride, activation=activation)
+    module = MSTCN(c_in, c_out, stride=stride, activation=activation).eval()
+    assert [branch[0].out_channels for branch in module.branches] == widths  # remainder to the last branch
+    assert (module.residual is None) == (c_in == c_out and stride == 1)
     with torch.no_grad():
-        for bn in (m for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-            bn.running_mean.uniform_(-0.5, 0.5)
-            bn.running_var.uniform_(0.5, 1.5)
-            bn.weight.uniform_(0.5, 1.5)
-    reference = copy.deepcopy(ours)
-    x = torch.randn(3, c_in, 9, 5)
-    for training in (True, False):
-        ours.train(training)
-        reference.train(training)
-        out = ours(x.contiguous(memory_format=torch.channels_last))
-        expected = branchwise_mstcn(reference, x)
-        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-        if training:  # same gradients, and the same running statistics updates
-            out.square().sum().backward()
-            expected.square().sum().backward()
-            for (name, p), q in zip(ours.named_parameters(), reference.parameters()):
-                torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-3, msg=name)  # grads ~100
-        for (name, buf), ref in zip(ours.named_buffers(), reference.buffers()):
-            torch.testing.assert_close(buf, ref, rtol=1e-6, atol=1e-6, msg=name)
-    assert ours.branches[0][1].num_batches_tracked.item() == 1
+        out = module(torch.randn(2, c_in, 9, 5).contiguous(memory_format=torch.channels_last))
+    assert out.shape == (2, c_out, 5 if stride == 2 else 9, 5)
+    assert (out.min() >= 0) == activation
 
 
 def test_input_and_output_shapes_for_odd_lengths():

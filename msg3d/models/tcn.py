@@ -5,7 +5,6 @@ Inputs and outputs are ``(N, C, T, V)`` (see ``msg3d.models.gcn`` for the memory
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 class unit_tcn(nn.Module):  # noqa: N801 - PYSKL's name, kept so the two code bases read alike
@@ -24,29 +23,6 @@ class unit_tcn(nn.Module):  # noqa: N801 - PYSKL's name, kept so the two code ba
         return self.bn(self.conv(x))
 
 
-def grouped_batch_norm(x, norms):
-    """Apply BatchNorm2d modules ``norms`` to consecutive channel groups of ``x`` in one call.
-
-    Same output and running-statistics updates as applying each module to its own slice (the
-    modules must share momentum and eps, as MSTCN's do); one kernel instead of several.
-    """
-    if len(norms) == 1:
-        return norms[0](x)
-    training = norms[0].training
-    mean = torch.cat([bn.running_mean for bn in norms])
-    var = torch.cat([bn.running_var for bn in norms])
-    out = F.batch_norm(x, mean, var, torch.cat([bn.weight for bn in norms]), torch.cat([bn.bias for bn in norms]),
-                       training, norms[0].momentum, norms[0].eps)
-    if training:  # F.batch_norm updated the concatenated copies: write them back
-        sizes = [bn.num_features for bn in norms]
-        with torch.no_grad():
-            for bn, m, v in zip(norms, mean.split(sizes), var.split(sizes)):
-                bn.running_mean.copy_(m)
-                bn.running_var.copy_(v)
-                bn.num_batches_tracked.add_(1)
-    return out
-
-
 class MSTCN(nn.Module):
     """Multi-scale temporal convolution: 6 parallel branches, concatenated, plus a residual.
 
@@ -56,10 +32,6 @@ class MSTCN(nn.Module):
     every branch. Residual: identity when the shape is kept, else a strided 1x1 ``unit_tcn``.
     ``activation=False`` drops the final ReLU (PYSKL sets ``act = Identity`` on the last MSTCN
     of each spatial path). Input ``(N, C_in, T, V)``, output ``(N, C_out, ceil(T / stride), V)``.
-
-    The modules are PYSKL's (same state_dict), but ``forward`` runs the five entry 1x1 convs
-    as one convolution and each BatchNorm stage of the six branches as one call: a third of
-    the kernel launches, which matters on a busy 2-core CPU as much as on a GPU.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, dilations=(1, 2, 3, 4),
@@ -94,19 +66,9 @@ class MSTCN(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
-        *temporal, pooled, strided = self.branches
-        entries = [branch[0] for branch in self.branches[:-1]]
-        # Entry 1x1 convs of branches 0-4, as one conv -> one BN -> ReLU.
-        h = F.conv2d(x, torch.cat([conv.weight for conv in entries]), torch.cat([conv.bias for conv in entries]))
-        h = grouped_batch_norm(h, [branch[1] for branch in self.branches[:-1]]).relu_()
-        groups = h.split([conv.out_channels for conv in entries], dim=1)
-        outs = [branch[3].conv(g) for branch, g in zip(temporal, groups)]
-        outs.append(pooled[3](groups[-1]))
-        outs.append(strided[0](x))
-        # Last BN of every branch, applied to the concatenation.
-        last_norms = [branch[3].bn for branch in temporal] + [pooled[4], strided[1]]
-        out = grouped_batch_norm(torch.cat(outs, dim=1), last_norms)
-        # ``out`` is a fresh BN output that autograd does not save, so adding in place is safe
+        res = x if self.residual is None else self.residual(x)
+        out = torch.cat([branch(x) for branch in self.branches], dim=1)
+        # ``out`` is a fresh concatenation that autograd does not save, so adding in place is safe
         # (PYSKL #242 is an in-place add onto a ReLU output, which ReLU's backward needs).
-        out += x if self.residual is None else self.residual(x)
+        out += res
         return self.drop(self.act(out))
