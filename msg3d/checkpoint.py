@@ -31,7 +31,7 @@ def _listing(title, items):
     items = list(items)
     shown = "\n".join(f"    {item}" for item in items[:_MAX_LISTED])
     more = f"\n    ... and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else ""
-    return f"  {title} ({len(items)}):\n{shown}{more}"
+    return f"{title} ({len(items)}):\n{shown}{more}"
 
 
 def _read(path_or_state_dict):
@@ -41,6 +41,8 @@ def _read(path_or_state_dict):
     else:
         path = Path(path_or_state_dict)
         source = str(path)
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory, not a checkpoint file")
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         try:
@@ -58,6 +60,9 @@ def _read(path_or_state_dict):
             f"of tensors; got {type(obj).__name__}"
             + (f" with keys {sorted(map(str, obj))[:10]}" if isinstance(obj, Mapping) else "") + ")"
         )
+    not_tensors = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(_listing(f"{source}: state_dict entries that are not tensors", not_tensors))
     return strip_wrapper_prefixes(state_dict), others, source
 
 
@@ -83,7 +88,7 @@ def load_checkpoint(model, path_or_state_dict, allow_graph_mismatch=False):
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
                              ("shape mismatches", misshaped)):
             if items:
-                parts.append(_listing(title, items))
+                parts.append("  " + _listing(title, items))
         raise ValueError("\n".join(parts))
 
     graph_keys = [name for name, _ in model.named_buffers() if name.split(".")[-1] == "A"]

@@ -173,6 +173,13 @@ def test_other_torch_file_is_not_a_checkpoint(tmp_path):
         load_checkpoint(small_model(), path)
 
 
+def test_directory_and_non_tensor_entries_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="is a directory, not a checkpoint file"):
+        load_checkpoint(small_model(), tmp_path)
+    with pytest.raises(ValueError, match=r"state_dict entries that are not tensors \(1\):\n    backbone\.A"):
+        load_checkpoint(small_model(), {"state_dict": {"backbone.A": [[0.0]]}})
+
+
 def test_save_refuses_reserved_extra_keys(tmp_path, trained_pair):
     with pytest.raises(ValueError, match="state_dict"):
         save_checkpoint(tmp_path / "x.pth", trained_pair[0], state_dict={})

@@ -24,9 +24,16 @@ SCHEMES = config["fusion"]
 SEARCH = "search"  # scheme name of the weight search (fusion_search)
 # everything with a scores pickle: the streams and the fixed-weight fusion schemes
 ENTRIES = [*STREAMS, *SCHEMES]
-# torch intra-op threads of train/test (Snakemake exports OMP_NUM_THREADS={threads}); the cap
-# is the machine, not --cores, so `--cores 8` on a 2-core laptop does not oversubscribe it
-TORCH_THREADS = min(8, os.cpu_count() or 1)
+# Train and test jobs. On a GPU (device null or cuda): one GPU slot each (the profile caps the
+# slots) and up to 8 torch threads, but never more than the machine has, so `--cores 8` on a
+# 2-core laptop does not oversubscribe it (Snakemake exports OMP_NUM_THREADS={threads}).
+# With device cpu: no GPU slot and one thread each, so Snakemake runs as many at once as --cores
+# allows: the fastest way to train many small models on a CPU, and one busy thread per core also
+# holds up on a shared machine, where torch's spinning thread pool slows down many times over
+# (raise it with --set-threads train=N for one large CPU training).
+ON_CPU = config["device"] == "cpu"
+GPUS_PER_JOB = 0 if ON_CPU else 1
+TORCH_THREADS = 1 if ON_CPU else min(8, os.cpu_count() or 1)
 
 
 def _check_config():

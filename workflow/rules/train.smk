@@ -14,7 +14,7 @@ rule train:
         "../../environment.yml"
     threads: TORCH_THREADS
     resources:
-        gpu=1,
+        gpu=GPUS_PER_JOB,
     params:
         hparams=TRAIN_HPARAMS,
         seed=config["seed"],
@@ -60,7 +60,7 @@ rule test:
         "../../environment.yml"
     threads: TORCH_THREADS
     resources:
-        gpu=1,
+        gpu=GPUS_PER_JOB,
     params:
         checkpoint=test_checkpoint,
         num_clips=config["test"]["num_clips"],
