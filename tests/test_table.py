@@ -29,9 +29,9 @@ def make_spec(folder):
         {
             "dataset": "ntu60", "split": "xsub", "annotation": "3dkp", "reference": "ntu60_xsub_3dkp",
             "results": {
-                "j": {"metrics": metrics_file(folder, "j", 0.9), "source": "pretrained"},
-                "b": {"metrics": metrics_file(folder, "b", 0.8875), "source": "trained"},
                 "2s": {"metrics": metrics_file(folder, "2s", 0.912, weights={"b": 1, "j": 1}), "source": "fusion"},
+                "b": {"metrics": metrics_file(folder, "b", 0.8875), "source": "trained"},
+                "j": {"metrics": metrics_file(folder, "j", 0.9), "source": "pretrained"},
                 "tuned": {"metrics": metrics_file(folder, "t", 0.5, weights={"b": 2, "j": 1, "bm": 0}),
                           "source": "fusion"},
             },
@@ -62,6 +62,8 @@ def test_layout_published_numbers_and_missing_cells(tmp_path):
         "dataset,split,annotation,entry,title,source,weights,num_samples,top1,top5,mean_class_accuracy,"
         "pyskl_top1,diff_top1,metrics_file"
     )
+    # CSV lines in the table's order whatever the spec's order
+    assert [r.split(",")[3] for r in rows[1:]] == ["j", "b", "2s", "tuned", "jm"]
     assert rows[1].startswith("ntu60,xsub,3dkp,j,Joint,pretrained,,10,90.00,100.00,90.00,89.6,+0.40,")
     assert rows[3].startswith("ntu60,xsub,3dkp,2s,Two-Stream,fusion,j:1 b:1,10,91.20,100.00,91.20,91.0,+0.20,")
     assert rows[4].startswith("ntu60,xsub,3dkp,tuned,tuned,fusion,j:1 b:2 bm:0,10,50.00,100.00,50.00,,,")

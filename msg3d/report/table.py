@@ -95,7 +95,7 @@ def collect(spec, reference):
             )
         published = published_all.get(ref_key, {}) if ref_key is not None else {}
         entries = {}
-        for entry, item in row["results"].items():
+        for entry, item in sorted(row["results"].items(), key=lambda item: _order(item[0])):
             if "metrics" not in item:
                 where = f"{row['dataset']} {row['split']}"
                 raise ValueError(f"table spec row {i} ({where}): entry {entry!r} lacks 'metrics'")
@@ -129,10 +129,14 @@ def _cell(ours, published):
     return f"{ours:.1f} / {published:.1f} ({round(ours, 1) - published:+.1f})"
 
 
-def _ordered(weights):
-    """Weights in the table's stream order (j, b, jm, bm), other names after them by name."""
+def _order(name):
+    """Sort key: the table's column order (j, b, jm, bm, 2s, 4s), other names after them by name."""
     order = list(COLUMNS)
-    return sorted(weights.items(), key=lambda item: (order.index(item[0]) if item[0] in order else len(order), item[0]))
+    return (order.index(name) if name in order else len(order), name)
+
+
+def _ordered(weights):
+    return sorted(weights.items(), key=lambda item: _order(item[0]))
 
 
 def _weights_text(weights):
