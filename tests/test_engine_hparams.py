@@ -1,11 +1,14 @@
 """Hyper-parameters: PYSKL defaults, merging, validation, file/JSON loading; run-folder config checks."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
+import msg3d
 from msg3d.engine.hparams import DEFAULTS, load_hparams, resolve_hparams, scaled_lr
-from msg3d.engine.train import config_differences, prepare_run_dir
+from msg3d.engine.train import code_digest, config_differences, prepare_run_dir
 
 
 def test_defaults_are_pyskl_recipe():
@@ -124,3 +127,55 @@ def test_resume_needs_checkpoint_and_same_config(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)--resume: the config differs.*hparams.lr: 0.1 -> 0.2"):
         prepare_run_dir(tmp_path, _config(hparams=resolve_hparams({"lr": 0.2})), seed_given=False, resume=True,
                         force=False)
+
+
+def test_auto_resume_resumes_only_a_checkpoint_with_the_same_config(tmp_path, capsys):
+    latest, config_path = tmp_path / "latest.pth", tmp_path / "config.json"
+
+    def decide(config):
+        return prepare_run_dir(tmp_path, config, seed_given=False, resume=False, force=False, auto_resume=True)
+
+    config_path.write_text(json.dumps(_config()))
+    assert decide(_config()) == (_config(), None)
+    assert f"--auto-resume: no checkpoint {latest}; starting fresh" in capsys.readouterr().err
+    latest.write_bytes(b"")
+    assert decide(_config()) == (_config(), latest)
+    assert f"--auto-resume: {latest} has the same config; resuming" in capsys.readouterr().err
+    # the recorded seed is reused without --seed, as for --resume
+    assert decide(_config(seed=99)) == (_config(), latest)
+    changed = _config(hparams=resolve_hparams({"lr": 0.05, "epochs": 3}))
+    assert decide(changed) == (changed, None)
+    assert (f"--auto-resume: config differs from {config_path}: hparams.epochs: 16 -> 3; hparams.lr: 0.1 -> 0.05; "
+            f"starting fresh") in capsys.readouterr().err
+    config_path.write_text("{")  # torn or edited: nothing to compare with, never refused
+    assert decide(_config()) == (_config(), None)
+    assert f"--auto-resume: no readable {config_path} to compare the config with; starting fresh" in (
+        capsys.readouterr().err)
+
+
+def test_code_digest_covers_the_training_code_only(tmp_path):
+    package = Path(msg3d.__file__).parent
+    copy = shutil.copytree(package, tmp_path / "msg3d", ignore=shutil.ignore_patterns("__pycache__"))
+    digest = code_digest(copy)
+    assert digest == code_digest() and len(digest) == 16 and int(digest, 16) >= 0
+
+    def edited(rel, text="\n# edited\n"):
+        path = copy / rel
+        before = path.read_text() if path.exists() else None
+        path.write_text((before or "") + text)
+        try:
+            return code_digest(copy)
+        finally:
+            path.unlink() if before is None else path.write_text(before)
+
+    for rel in ("models/gcn.py", "engine/train.py", "data/modality.py", "checkpoint.py", "metrics.py",
+                "layouts.py", "io.py", "engine/new_module.py"):
+        assert edited(rel) != digest, rel
+    for rel in ("report/table.py", "fusion.py", "cli.py", "__init__.py", "data/ntu120_missing.txt"):
+        assert edited(rel) == digest, rel
+    # the files are framed, not concatenated: a byte moved to the next file in the order counts too
+    layouts, metrics = copy / "layouts.py", copy / "metrics.py"
+    assert layouts.read_bytes().endswith(b"\n")
+    layouts.write_bytes(layouts.read_bytes()[:-1])
+    metrics.write_bytes(b"\n" + metrics.read_bytes())
+    assert code_digest(copy) != digest

@@ -205,7 +205,8 @@ def test_same_seed_same_results_whatever_the_worker_count(reference_run, tiny_st
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_is_bit_identical(reference_run, tiny_store, tmp_path, capsys):
+@pytest.mark.parametrize("flag", ["--resume", "--auto-resume"])
+def test_kill_9_then_resume_is_bit_identical(flag, reference_run, tiny_store, tmp_path, capsys):
     out = tmp_path / "killed"
     args = ["train", "--data", str(tiny_store), "--split", "tiny", "--out", str(out),
             "--hparams-json", json.dumps(REFERENCE), "--device", "cpu"]
@@ -219,23 +220,31 @@ def test_kill_9_then_resume_is_bit_identical(reference_run, tiny_store, tmp_path
     resumed_from = torch.load(out / "latest.pth", map_location="cpu", weights_only=True)["meta"]["iter"]
     assert resumed_from < 27, "killed only after the last checkpoint: nothing left to resume"
 
-    # a changed config is refused on resume; forced, it fails on the schedule and leaves the folder as it was
-    changed = dict(REFERENCE, epochs=4)
-    with pytest.raises(ValueError, match=r"(?s)--resume: the config differs.*hparams.epochs: 3 -> 4"):
-        train(tiny_store, "tiny", out, changed, resume=True, device="cpu")
-    with pytest.raises(ValueError, match=r"checkpoint schedule \(lr 0.03, 27 iterations\) does not match"):
-        train(tiny_store, "tiny", out, changed, resume=True, force=True, device="cpu")
-    # without config.json (lost), a resume without --seed would draw another seed: refused
-    (out / "config.json").rename(tmp_path / "config.json")
-    with pytest.raises(ValueError, match=rf"trained with seed {REFERENCE_SEED}, this run has seed \d+; resume "
-                                         rf"with --seed {REFERENCE_SEED}"):
-        train(tiny_store, "tiny", out, REFERENCE, resume=True, device="cpu")
-    (tmp_path / "config.json").rename(out / "config.json")
+    if flag == "--resume":
+        # a changed config is refused on resume; forced, it fails on the schedule and leaves the folder as it was
+        changed = dict(REFERENCE, epochs=4)
+        with pytest.raises(ValueError, match=r"(?s)--resume: the config differs.*hparams.epochs: 3 -> 4"):
+            train(tiny_store, "tiny", out, changed, resume=True, device="cpu")
+        with pytest.raises(ValueError, match=r"checkpoint schedule \(lr 0.03, 27 iterations\) does not match"):
+            train(tiny_store, "tiny", out, changed, resume=True, force=True, device="cpu")
+        # without config.json (lost), a resume without --seed would draw another seed: refused
+        (out / "config.json").rename(tmp_path / "config.json")
+        with pytest.raises(ValueError, match=rf"trained with seed {REFERENCE_SEED}, this run has seed \d+; resume "
+                                             rf"with --seed {REFERENCE_SEED}"):
+            train(tiny_store, "tiny", out, REFERENCE, resume=True, device="cpu")
+        (tmp_path / "config.json").rename(out / "config.json")
+    else:
+        # Snakemake deletes a job's declared outputs before rerunning it; latest.pth has what is needed
+        for name in ("epochs.csv", "best.pth"):
+            (out / name).unlink(missing_ok=True)
     # what a kill inside an atomic write leaves behind
     (out / ".latest.pth.tmp-x1y2z3").write_bytes(b"partial")
 
-    assert cli_main(args + ["--resume"]) == 0, capsys.readouterr().err  # the seed comes from config.json
-    assert f"resuming from {out / 'latest.pth'} at iteration {resumed_from}/27" in capsys.readouterr().err
+    assert cli_main(args + [flag]) == 0, capsys.readouterr().err  # the seed comes from config.json
+    err = capsys.readouterr().err
+    assert f"resuming from {out / 'latest.pth'} at iteration {resumed_from}/27" in err
+    if flag == "--auto-resume":
+        assert f"--auto-resume: {out / 'latest.pth'} has the same config; resuming" in err
     assert read_epochs(out / "epochs.csv") == read_epochs(reference_run / "epochs.csv")
     assert_state_dicts_equal(load_state_dict(out / "latest.pth"), load_state_dict(reference_run / "latest.pth"))
     assert_state_dicts_equal(load_state_dict(out / "best.pth"), load_state_dict(reference_run / "best.pth"))
@@ -266,6 +275,92 @@ def test_changed_config_refused_unless_forced(reference_run, tiny_store, tmp_pat
     assert config["hparams"]["epochs"] == 1 and config["seed"] == REFERENCE_SEED
     assert len(read_epochs(out / "epochs.csv")) == 1
     assert torch.load(out / "latest.pth", weights_only=True)["meta"]["iter"] == 3
+
+
+class Interrupted(Exception):
+    """Stands for a kill in the in-process runs below."""
+
+
+def _val_top1s(monkeypatch, values):
+    """Make the validations of the next run report ``values`` as val top-1, one per epoch, so that the
+    test chooses the best epoch; ``None`` interrupts the run there (its last checkpoint is kept)."""
+    values = iter(values)
+
+    def fake_top_k_accuracy(probs, labels, ks):
+        value = next(values)
+        if value is None:
+            raise Interrupted
+        return [value, 1.0]
+
+    monkeypatch.setattr("msg3d.engine.train.top_k_accuracy", fake_top_k_accuracy)
+
+
+@pytest.mark.slow
+def test_auto_resume_rewrites_a_deleted_best_pth_of_an_earlier_epoch(tiny_store, tmp_path, monkeypatch, capsys):
+    hp = dict(TINY, epochs=3, checkpoint_interval=2)  # 3 iterations per epoch; latest.pth also at 2, 4, 8
+    _val_top1s(monkeypatch, [0.9, 0.5, 0.5])  # epoch 1 is the best
+    train(tiny_store, "tiny", tmp_path / "full", hp, seed=3, device="cpu")
+
+    out = tmp_path / "run"
+    _val_top1s(monkeypatch, [0.9, 0.5, None])  # interrupted at epoch 3's end, after the checkpoint at 8
+    with pytest.raises(Interrupted):
+        train(tiny_store, "tiny", out, hp, seed=3, device="cpu", auto_resume=True)
+    assert f"--auto-resume: no checkpoint {out / 'latest.pth'}; starting fresh" in capsys.readouterr().err
+    assert torch.load(out / "latest.pth", weights_only=True)["meta"]["iter"] == 8
+    # Snakemake deletes the declared outputs before rerunning; epoch 1's weights exist only in latest.pth
+    for name in ("epochs.csv", "best.pth"):
+        (out / name).unlink()
+    _val_top1s(monkeypatch, [0.5])
+    train(tiny_store, "tiny", out, hp, seed=3, device="cpu", auto_resume=True)
+    assert "resuming from" in capsys.readouterr().err
+
+    best, expected = (torch.load(d / "best.pth", weights_only=True) for d in (out, tmp_path / "full"))
+    assert best["meta"] == expected["meta"] and best["meta"]["epoch"] == 1
+    assert_state_dicts_equal(best["state_dict"], expected["state_dict"])
+    final = load_state_dict(out / "latest.pth")
+    assert any(not torch.equal(final[k], v) for k, v in best["state_dict"].items())  # not the last weights
+    assert read_epochs(out / "epochs.csv") == read_epochs(tmp_path / "full" / "epochs.csv")
+
+
+@pytest.mark.slow
+def test_auto_resume_starts_fresh_when_config_or_code_differs(tiny_store, tmp_path, capsys):
+    hp = dict(TINY, epochs=1)
+    fresh = tmp_path / "fresh"
+    train(tiny_store, "tiny", fresh, dict(hp, lr=0.05), seed=0, device="cpu")
+    out = tmp_path / "run"
+    train(tiny_store, "tiny", out, hp, seed=0, device="cpu")
+    capsys.readouterr()
+
+    # another learning rate: the run folder is replaced by a new run, as if it had been empty
+    train(tiny_store, "tiny", out, dict(hp, lr=0.05), seed=0, device="cpu", auto_resume=True)
+    err = capsys.readouterr().err
+    assert (f"--auto-resume: config differs from {out / 'config.json'}: derived.lr_used: 0.003125 -> 0.0015625; "
+            f"hparams.lr: 0.1 -> 0.05; starting fresh") in err
+    assert (out / "config.json").read_text() == (fresh / "config.json").read_text()
+    assert read_epochs(out / "epochs.csv") == read_epochs(fresh / "epochs.csv")
+    for name in ("latest.pth", "best.pth"):
+        assert_state_dicts_equal(load_state_dict(out / name), load_state_dict(fresh / name))
+    assert read_log(out / "log.jsonl", "checkpoint") == read_log(fresh / "log.jsonl", "checkpoint")
+
+    # trained by other code: --resume refuses, --auto-resume starts over
+    config = json.loads((out / "config.json").read_text())
+    digest = config["code_digest"]
+    (out / "config.json").write_text(json.dumps(dict(config, code_digest="0123456789abcdef")))
+    with pytest.raises(ValueError, match=rf"(?s)--resume: the config differs.*code_digest: '0123456789abcdef' -> "
+                                         rf"'{digest}'"):
+        train(tiny_store, "tiny", out, dict(hp, lr=0.05), seed=0, device="cpu", resume=True)
+    train(tiny_store, "tiny", out, dict(hp, lr=0.05), seed=0, device="cpu", auto_resume=True)
+    assert (f"config differs from {out / 'config.json'}: code_digest: '0123456789abcdef' -> '{digest}'; "
+            f"starting fresh") in capsys.readouterr().err
+    assert json.loads((out / "config.json").read_text())["code_digest"] == digest
+    assert not read_log(out / "log.jsonl", "resume")
+    assert [r["iter"] for r in read_log(out / "log.jsonl", "checkpoint")] == [3]  # one run's, not two
+
+
+def test_auto_resume_excludes_resume_and_force(tmp_path):
+    for other in ({"resume": True}, {"force": True}):
+        with pytest.raises(ValueError, match="do not combine it with --resume or --force"):
+            train(tmp_path / "store", "tiny", tmp_path / "run", auto_resume=True, **other)
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from conftest import FIXTURES, shared_file
 from msg3d.models import build_model
-from msg3d.models.gcn import MSGCN
+from msg3d.models.gcn import MSGCN, SlidingWindows
 from msg3d.models.graph import binary_adjacency
 from msg3d.models.tcn import MSTCN
 
@@ -174,6 +174,16 @@ def test_mstcn_structure(c_in, c_out, stride, activation, widths):
         out = module(torch.randn(2, c_in, 9, 5).contiguous(memory_format=torch.channels_last))
     assert out.shape == (2, c_out, 5 if stride == 2 else 9, 5)
     assert (out.min() >= 0) == activation
+
+
+@pytest.mark.parametrize("frames, window, stride", [(9, 3, 2), (10, 5, 2), (7, 3, 1), (6, 1, 1)])
+def test_sliding_windows_view_and_gradient(frames, window, stride):
+    z = torch.randn(frames, 4, 3, dtype=torch.float64, requires_grad=True)
+    out = SlidingWindows.apply(z, window, stride)
+    expected = torch.stack([z[j:j + window].reshape(-1, 3) for j in range(0, frames - window + 1, stride)])
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert out.data_ptr() == z.data_ptr()  # a view, no copy
+    torch.autograd.gradcheck(lambda t: SlidingWindows.apply(t, window, stride), (z,))
 
 
 def test_input_and_output_shapes_for_odd_lengths():

@@ -2,11 +2,12 @@
 
 Writes into RUN_DIR (rank 0 only):
 * ``config.json``  the resolved config: hyper-parameters, seed, data store + meta, split, runtime
-  (device, amp, compile, world size) and derived numbers (lr used, iterations).
+  (device, amp, compile, world size), derived numbers (lr used, iterations) and ``code_digest``
+  (see ``code_digest``), so that a run is never continued by different training code.
 * ``latest.pth``   PYSKL-format checkpoint (``meta``, ``state_dict``, ``optimizer``) plus our resume
   state (``scheduler``, ``train_state``: epoch, iteration, sampler position, RNG states of every
-  rank, running epoch sums, history, best); written at every epoch end and every
-  ``checkpoint_interval`` iterations.
+  rank, running epoch sums, history, best; ``best_checkpoint``: a copy of best.pth's contents);
+  written at every epoch end and every ``checkpoint_interval`` iterations.
 * ``best.pth``     weights of the epoch with the highest val top-1 (first one on ties).
 * ``epochs.csv``   epoch, lr (at the epoch's first iteration), train_loss, train_top1, val_top1,
   val_top5, seconds (wall time of the epoch incl. validation), samples_per_s (training only).
@@ -22,8 +23,13 @@ random seed, and a rerun in the same RUN_DIR reuses the recorded one.
 
 Resume: ``--resume`` reloads ``latest.pth`` and continues at the exact iteration, skipping the
 batches of the epoch's order that were already consumed, so the final weights and epochs.csv equal
-an uninterrupted run's. Without ``--resume`` an existing RUN_DIR with the same config starts over;
-one with a different config is refused unless ``--force``.
+an uninterrupted run's. Everything else in RUN_DIR is rebuilt from ``latest.pth`` (epochs.csv from
+the history, best.pth from its copy), so a resume also works after those files were deleted, as
+Snakemake deletes a job's declared outputs before rerunning it. Without ``--resume`` an existing
+RUN_DIR with the same config starts over; one with a different config is refused unless ``--force``.
+``--auto-resume`` (PYSKL's auto-resume, for Snakemake): resume if ``latest.pth`` exists and
+``config.json`` equals the new config, code digest included; otherwise start over as ``--force``
+would, saying why on stderr.
 
 DDP (``torchrun``): one process per GPU (gloo on CPU), each with ``batch_size`` samples; BN
 statistics are per process as in PYSKL, and rank 0's are adopted by all ranks before validating
@@ -110,12 +116,33 @@ def config_differences(old, new, prefix=""):
     return diffs
 
 
+# The msg3d code a training run depends on (relative to the package folder): folders mean their .py files.
+CODE_PARTS = ("models", "engine", "data", "checkpoint.py", "metrics.py", "layouts.py", "io.py")
+
+
+def code_digest(root=None):
+    """First 16 hex digits of the sha256 over the training code's .py files (``CODE_PARTS`` of the
+    package folder ``root``, default this msg3d), each hashed as its relative path, its length and
+    its bytes, in order of relative path."""
+    root = Path(msg3d.__file__).parent if root is None else Path(root)
+    files = []
+    for part in CODE_PARTS:
+        path = root / part
+        files += path.rglob("*.py") if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for rel, path in sorted((p.relative_to(root).as_posix(), p) for p in files):
+        data = path.read_bytes()
+        h.update(b"%s\0%d\0%s" % (rel.encode(), len(data), data))
+    return h.hexdigest()[:16]
+
+
 def make_config(hp, seed, store_dir, store, split, train_split, val_split, n_train, n_val, device, amp,
                 compile_model, world_size, iters_per_epoch):
     return _jsonable(
         {
             "hparams": hp,
             "seed": seed,
+            "code_digest": code_digest(),
             "data": {
                 "store": str(Path(store_dir).resolve()),
                 "meta": store.meta,
@@ -139,11 +166,12 @@ def make_config(hp, seed, store_dir, store, split, train_split, val_split, n_tra
 RUN_FILES = ("latest.pth", "best.pth", "epochs.csv", "log.jsonl")
 
 
-def prepare_run_dir(out, config, *, seed_given, resume, force):
+def prepare_run_dir(out, config, *, seed_given, resume, force, auto_resume=False):
     """Check RUN_DIR against ``config`` and decide what to do (rank 0 only).
 
     Returns ``(config, resume_from)``: the config to use (with the recorded seed when ``--seed``
     was not given and the rest matches) and the checkpoint to resume from, or None to start fresh.
+    With ``auto_resume`` it never refuses, and says on stderr which it chose and why.
     """
     out = Path(out)
     config_path = out / "config.json"
@@ -153,11 +181,24 @@ def prepare_run_dir(out, config, *, seed_given, resume, force):
         try:
             old = json.loads(config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            if not force:
+            if not (force or auto_resume):
                 raise ValueError(f"{config_path} is not valid JSON ({exc}); use --force to start over") from None
     if old is not None and not seed_given and "seed" in old:
         # no --seed: a rerun in the same folder reuses the recorded seed, so it reproduces that run
         config = dict(config, seed=old["seed"])
+    if auto_resume:
+        if not latest.exists():
+            why = f"no checkpoint {latest}"
+        elif old is None:
+            why = f"no readable {config_path} to compare the config with"
+        else:
+            diffs = config_differences(old, config)
+            if not diffs:
+                print(f"msg3d train: --auto-resume: {latest} has the same config; resuming", file=sys.stderr)
+                return config, latest
+            why = f"config differs from {config_path}: " + "; ".join(diffs)
+        print(f"msg3d train: --auto-resume: {why}; starting fresh", file=sys.stderr)
+        return config, None
     if resume:
         if not latest.exists():
             raise FileNotFoundError(f"--resume: no checkpoint {latest} to resume from")
@@ -265,12 +306,15 @@ def state_checksum(model):
 # --------------------------------------------------------------------------- training
 
 
-def train(data, split, out, hparams=None, *, resume=False, force=False, seed=None, device=None, amp=None,
-          compile_model=False, progress_seconds=10.0):
+def train(data, split, out, hparams=None, *, resume=False, auto_resume=False, force=False, seed=None, device=None,
+          amp=None, compile_model=False, progress_seconds=10.0):
     """Train on ``SPLIT_train`` of store ``data``, validating on ``SPLIT_val``; returns a summary dict.
 
     ``hparams``: a resolved dict (``load_hparams``) or overrides for ``resolve_hparams``.
     """
+    if auto_resume and (resume or force):
+        raise ValueError("--auto-resume decides by itself between resuming and starting over: "
+                         "do not combine it with --resume or --force")
     hp = resolve_hparams(hparams)
     device = resolve_device(device)
     if amp is not None and amp != "bf16":
@@ -284,14 +328,14 @@ def train(data, split, out, hparams=None, *, resume=False, force=False, seed=Non
             torch.use_deterministic_algorithms(True)
         else:
             torch.backends.cudnn.benchmark = True
-        return _train(data, split, Path(out), hp, info, resume, force, seed, device, amp, compile_model,
-                      progress_seconds)
+        return _train(data, split, Path(out), hp, info, resume, auto_resume, force, seed, device, amp,
+                      compile_model, progress_seconds)
     finally:
         torch.use_deterministic_algorithms(previous_deterministic)
         distmod.shutdown(info)
 
 
-def _setup_run(data, split, out, hp, info, resume, force, seed, device, amp, compile_model):
+def _setup_run(data, split, out, hp, info, resume, auto_resume, force, seed, device, amp, compile_model):
     """Open data, build the config and decide fresh/resume on rank 0; every rank gets the outcome."""
     from msg3d.data import SkeletonDataset
 
@@ -307,7 +351,7 @@ def _setup_run(data, split, out, hp, info, resume, force, seed, device, amp, com
             config = make_config(hp, chosen_seed, data, store, split, train_split, val_split, n_train, n_val,
                                  device, amp, compile_model, info.world_size, iters_per_epoch)
             config, resume_from = prepare_run_dir(out, config, seed_given=seed is not None, resume=resume,
-                                                  force=force)
+                                                  force=force, auto_resume=auto_resume)
             decision = {"config": config, "resume_from": str(resume_from) if resume_from else None}
         except (ValueError, FileNotFoundError) as exc:
             decision = {"error": exc}
@@ -322,12 +366,13 @@ def _setup_run(data, split, out, hp, info, resume, force, seed, device, amp, com
     return store, config, decision["resume_from"], train_ds, val_ds
 
 
-def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile_model, progress_seconds):
+def _train(data, split, out, hp, info, resume, auto_resume, force, seed, device, amp, compile_model,
+           progress_seconds):
     from msg3d.checkpoint import load_checkpoint, save_checkpoint
     from msg3d.models import build_model
 
-    store, config, resume_from, train_ds, val_ds = _setup_run(data, split, out, hp, info, resume, force, seed,
-                                                              device, amp, compile_model)
+    store, config, resume_from, train_ds, val_ds = _setup_run(data, split, out, hp, info, resume, auto_resume,
+                                                              force, seed, device, amp, compile_model)
     run_seed = config["seed"]
     main = info.is_main
     log = RunLog(out / "log.jsonl", main)
@@ -349,8 +394,11 @@ def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile
     np.random.seed(run_seed)
     torch.manual_seed(run_seed)
     meta = store.meta
-    core = build_model(meta["num_classes"], layout=meta["layout"], in_channels=meta["channels"], **hp["model"])
-    core.to(device)
+
+    def new_model():
+        return build_model(meta["num_classes"], layout=meta["layout"], in_channels=meta["channels"], **hp["model"])
+
+    core = new_model().to(device)
     optimizer = build_optimizer(core, scaled_lr(hp, info.world_size), hp["momentum"], hp["nesterov"],
                                 hp["weight_decay"])
     pin = device.type == "cuda"
@@ -372,6 +420,9 @@ def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile
         "history": [],
         "best": {"top1": None, "epoch": None},
     }
+    # best.pth's contents (meta and CPU weights), also kept in latest.pth: a resume rewrites best.pth
+    # from it, so best.pth is right even if it was deleted (rank 0 only)
+    best_checkpoint = None
     if resume_from is not None:
         extra = load_checkpoint(core, resume_from)
         train_state = extra.get("train_state")
@@ -398,6 +449,12 @@ def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile
             # only now that the checkpoint fits: a refused --force resume leaves config.json as it was
             write_json_atomic(out / "config.json", config)
             write_text_atomic(out / "epochs.csv", epochs_csv_text(state["history"]))
+            best_checkpoint = extra.get("best_checkpoint")
+            if best_checkpoint is not None:
+                with torch.random.fork_rng(devices=[]):  # its random initial weights must not move the run's RNG
+                    best_model = new_model()
+                load_checkpoint(best_model, best_checkpoint["state_dict"])
+                save_checkpoint(out / "best.pth", best_model, meta=best_checkpoint["meta"])
         say(f"resuming from {resume_from} at iteration {state['global_iter']}/{max_iters} "
             f"(epoch {state['epoch'] + 1}, batch {state['iter_in_epoch']})")
         threads = extra.get("meta", {}).get("torch_threads")
@@ -428,7 +485,7 @@ def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile
             "torch_threads": torch.get_num_threads(),
         }
         save_checkpoint(out / "latest.pth", core, optimizer=optimizer, meta=meta_out,
-                        scheduler=schedule.state_dict(),
+                        scheduler=schedule.state_dict(), best_checkpoint=best_checkpoint,
                         train_state=dict(state, rng=rng, world_size=info.world_size,
                                          sampler={"seed": run_seed, "epoch": state["epoch"],
                                                   "start": state["iter_in_epoch"] * hp["batch_size"]}))
@@ -523,10 +580,12 @@ def _train(data, split, out, hp, info, resume, force, seed, device, amp, compile
         if best["top1"] is None or row["val_top1"] > best["top1"]:
             state["best"] = {"top1": row["val_top1"], "epoch": row["epoch"]}
             if main:
-                save_checkpoint(out / "best.pth", core,
-                                meta={"epoch": row["epoch"], "iter": state["global_iter"], "config": config,
-                                      "seed": run_seed, "val_top1": row["val_top1"], "val_top5": row["val_top5"],
-                                      "msg3d_version": msg3d.__version__, "torch_version": str(torch.__version__)})
+                best_meta = {"epoch": row["epoch"], "iter": state["global_iter"], "config": config, "seed": run_seed,
+                             "val_top1": row["val_top1"], "val_top5": row["val_top5"],
+                             "msg3d_version": msg3d.__version__, "torch_version": str(torch.__version__)}
+                save_checkpoint(out / "best.pth", core, meta=best_meta)
+                best_checkpoint = {"meta": best_meta, "state_dict": {k: v.detach().to("cpu", copy=True)
+                                                                     for k, v in core.state_dict().items()}}
                 log.write(type="best", file="best.pth", iter=state["global_iter"], epoch=row["epoch"],
                           top1=row["val_top1"])
         save_latest()
@@ -556,7 +615,11 @@ def add_arguments(parser):
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--hparams", metavar="FILE", help="YAML/JSON file of hyper-parameters (over PYSKL defaults)")
     group.add_argument("--hparams-json", metavar="JSON", help="hyper-parameters as a JSON object")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/latest.pth")
+    resume = parser.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true", help="continue from RUN_DIR/latest.pth")
+    resume.add_argument("--auto-resume", action="store_true",
+                        help="continue from RUN_DIR/latest.pth if RUN_DIR/config.json equals the new config "
+                             "(code digest included), else start over (for workflows; says which on stderr)")
     parser.add_argument("--force", action="store_true",
                         help="overwrite a run folder whose config differs (or resume despite differences)")
     parser.add_argument("--seed", type=int, default=None,
@@ -569,8 +632,8 @@ def add_arguments(parser):
 def run(args):
     try:
         hp = load_hparams(args.hparams, args.hparams_json)
-        train(args.data, args.split, args.out, hp, resume=args.resume, force=args.force, seed=args.seed,
-              device=args.device, amp=args.amp, compile_model=args.compile)
+        train(args.data, args.split, args.out, hp, resume=args.resume, auto_resume=args.auto_resume,
+              force=args.force, seed=args.seed, device=args.device, amp=args.amp, compile_model=args.compile)
     except (ValueError, FileNotFoundError, NonFiniteLossError) as exc:
         print(f"msg3d train: error: {exc}", file=sys.stderr)
         return 2

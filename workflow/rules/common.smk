@@ -221,11 +221,24 @@ def is_url(location):
     return location.startswith(("http://", "https://"))
 
 
+def run_dir(wildcards, output):
+    """The training run folder, which holds the train job's outputs (and latest.pth, not an output)."""
+    return str(Path(output.epochs).parent)
+
+
+def run_file(dataset, split, stream, name):
+    return f"results/train/{dataset}/{split}/{stream}/{name}"
+
+
 def test_weights(wildcards):
-    """The test's checkpoint input: the training run folder, a local .pth, or a downloaded one."""
+    """The test's checkpoint input: the train job's outputs, a local .pth, or a downloaded one."""
     given = given_checkpoint(wildcards)
     if given is None:
-        return "results/train/{dataset}/{split}/{stream}".format(**wildcards)
+        # with `checkpoint: latest` they stand for latest.pth, which the job writes but cannot declare
+        return [
+            run_file(wildcards.dataset, wildcards.split, wildcards.stream, name)
+            for name in ("best.pth", "epochs.csv")
+        ]
     if is_url(given):
         return "resources/checkpoints/{dataset}/{split}/{stream}.pth".format(
             **wildcards
@@ -237,7 +250,9 @@ def test_checkpoint(wildcards):
     """The .pth file that `msg3d test` loads (inside the run folder when trained here)."""
     if given_checkpoint(wildcards) is None:
         which = config["test"]["checkpoint"]
-        return f"results/train/{wildcards.dataset}/{wildcards.split}/{wildcards.stream}/{which}.pth"
+        return run_file(
+            wildcards.dataset, wildcards.split, wildcards.stream, f"{which}.pth"
+        )
     return test_weights(wildcards)
 
 
@@ -372,7 +387,7 @@ def trained_streams(dataset, split):
 
 def curve_inputs(wildcards):
     return [
-        f"results/train/{wildcards.dataset}/{wildcards.split}/{s}"
+        run_file(wildcards.dataset, wildcards.split, s, "epochs.csv")
         for s in trained_streams(wildcards.dataset, wildcards.split)
     ]
 
@@ -380,7 +395,7 @@ def curve_inputs(wildcards):
 def curve_runs(wildcards):
     return " ".join(
         shlex.quote(
-            f"{s}=results/train/{wildcards.dataset}/{wildcards.split}/{s}/epochs.csv"
+            f"{s}={run_file(wildcards.dataset, wildcards.split, s, 'epochs.csv')}"
         )
         for s in trained_streams(wildcards.dataset, wildcards.split)
     )

@@ -1,11 +1,16 @@
 # Train one model per dataset, split and stream (or take a given checkpoint), then test it.
 
 
+# The run folder is not an output: Snakemake deletes a job's outputs before it reruns the job, and
+# latest.pth must survive, so that `--auto-resume` continues a killed training (rerun-incomplete)
+# where it stopped, or starts it over when the config or the training code changed. The engine
+# rebuilds the declared files from latest.pth when it resumes.
 rule train:
     input:
         store="results/stores/{dataset}/{stream}",
     output:
-        run=directory("results/train/{dataset}/{split}/{stream}"),
+        best="results/train/{dataset}/{split}/{stream}/best.pth",
+        epochs="results/train/{dataset}/{split}/{stream}/epochs.csv",
     log:
         "logs/train/{dataset}/{split}/{stream}.log",
     benchmark:
@@ -16,6 +21,7 @@ rule train:
     resources:
         gpu=GPUS_PER_JOB,
     params:
+        run=run_dir,
         hparams=TRAIN_HPARAMS,
         seed=config["seed"],
         device=DEVICE_ARG,
@@ -24,8 +30,8 @@ rule train:
     shell:
         "if [ {resources.gpu} -gt 1 ]; then launch='torchrun --standalone --nproc-per-node {resources.gpu}';"
         " else launch=python; fi;"
-        " $launch -m msg3d train --data {input.store} --split {wildcards.split} --out {output.run}"
-        " --hparams-json {params.hparams:q} --seed {params.seed} {params.device} > {log} 2>&1"
+        " $launch -m msg3d train --data {input.store} --split {wildcards.split} --out {params.run}"
+        " --auto-resume --hparams-json {params.hparams:q} --seed {params.seed} {params.device} > {log} 2>&1"
 
 
 rule download_checkpoint:
