@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from msg3d.io import atomic_path
@@ -34,8 +35,30 @@ def _listing(title, items):
     return f"{title} ({len(items)}):\n{shown}{more}"
 
 
-def _read(path_or_state_dict):
-    """Return ``(state_dict, other top-level entries, source name for messages)``."""
+def _numpy_meta_globals():
+    """numpy reconstructors that mmcv checkpoints may hold in ``meta`` (e.g. a np.float64 best score).
+
+    They only rebuild plain numbers and arrays, so allowing them keeps ``weights_only`` safe.
+    Files written under numpy 1.x name the module ``numpy.core``, under 2.x ``numpy._core``.
+    """
+    try:
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar
+
+    allowed = [np.dtype, np.ndarray]
+    allowed += [type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"]
+    for obj in (scalar, _reconstruct):
+        allowed += [obj, (obj, f"numpy.core.multiarray.{obj.__name__}")]
+    return allowed
+
+
+def read_checkpoint(path_or_state_dict):
+    """Return ``(state_dict, other top-level entries, source name for messages)`` of a checkpoint.
+
+    Accepts a file path (loaded on the CPU with ``weights_only=True``), a checkpoint dict or a bare
+    state_dict; wrapper prefixes are removed from the keys.
+    """
     if isinstance(path_or_state_dict, Mapping):
         obj, source = path_or_state_dict, "the given state_dict"
     else:
@@ -46,7 +69,8 @@ def _read(path_or_state_dict):
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(_numpy_meta_globals()):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for non-checkpoint files
             raise ValueError(f"{path}: not a loadable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
@@ -74,7 +98,7 @@ def load_checkpoint(model, path_or_state_dict, allow_graph_mismatch=False):
     with ``allow_graph_mismatch=True`` the checkpoint's graphs are adopted, with a warning.
     ``FileNotFoundError`` if the file does not exist. Returns e.g. ``{'meta': ..., 'optimizer': ...}``.
     """
-    state_dict, others, source = _read(path_or_state_dict)
+    state_dict, others, source = read_checkpoint(path_or_state_dict)
     target = model.state_dict()
     missing = [key for key in target if key not in state_dict]
     unexpected = [key for key in state_dict if key not in target]

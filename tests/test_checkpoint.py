@@ -184,3 +184,21 @@ def test_save_refuses_reserved_extra_keys(tmp_path, trained_pair):
     with pytest.raises(ValueError, match="state_dict"):
         save_checkpoint(tmp_path / "x.pth", trained_pair[0], state_dict={})
     assert not (tmp_path / "x.pth").exists()
+
+
+@pytest.mark.parametrize("numpy_module", ["numpy._core.multiarray", "numpy.core.multiarray"])
+def test_mmcv_meta_with_numpy_values_loads(tmp_path, trained_pair, numpy_module):
+    """mmcv's eval hook stores numpy scalars in meta (e.g. best_score); numpy 1.x names its module numpy.core."""
+    import numpy as np
+
+    source, target = trained_pair
+    path = tmp_path / "released.pth"
+    meta = {"hook_msgs": {"best_score": np.float64(0.875), "best_ckpt": "epoch_16.pth"}, "seed": np.int64(7),
+            "history": np.arange(3, dtype=np.float32)}
+    torch.save({"meta": meta, "state_dict": source.state_dict()}, path, _use_new_zipfile_serialization=False)
+    # the legacy format is a plain pickle stream: rename numpy's module as a numpy 1.x writer would
+    path.write_bytes(path.read_bytes().replace(b"numpy._core.multiarray\n", numpy_module.encode() + b"\n"))
+    others = load_checkpoint(target, path)
+    assert_same_state(source, target)
+    assert others["meta"]["hook_msgs"]["best_score"] == 0.875 and others["meta"]["seed"] == 7
+    assert others["meta"]["history"].tolist() == [0.0, 1.0, 2.0]

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msg3d.checkpoint import load_checkpoint, strip_wrapper_prefixes
+from msg3d.checkpoint import load_checkpoint, read_checkpoint, strip_wrapper_prefixes
 from msg3d.data.store import open_store
 from msg3d.engine.evaluate import predict
 from msg3d.engine.hparams import load_hparams, resolve_hparams
@@ -46,26 +46,6 @@ def eval_split_name(store, store_dir, split):
         f"split {split!r}: neither {split + '_val'!r} nor {split!r} is in store {store_dir}; "
         f"available splits: {', '.join(sorted(store.splits)) or '(none)'}"
     )
-
-
-def read_checkpoint(path):
-    """The checkpoint dict (``state_dict`` + the rest) of ``path``, loaded on CPU."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a corrupt or foreign file
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from None
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
-    if "state_dict" not in ckpt:
-        # a bare state_dict (all values tensors) is accepted as well
-        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-            ckpt = {"state_dict": ckpt}
-        else:
-            raise ValueError(f"{path}: no 'state_dict' entry (keys: {', '.join(map(str, ckpt))})")
-    return ckpt
 
 
 def check_checkpoint_fits(ckpt, path, meta, num_person=2):
@@ -163,7 +143,8 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
     store = open_store(data)
     split_name = eval_split_name(store, data, split)
     meta = store.meta
-    ckpt = read_checkpoint(checkpoint)
+    state_dict, others, _ = read_checkpoint(checkpoint)
+    ckpt = {**others, "state_dict": state_dict}
     config = check_checkpoint_fits(ckpt, checkpoint, meta)
     if config is not None:
         if hparams is not None:
