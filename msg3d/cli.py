@@ -8,6 +8,7 @@ not need torch (raw conversion, the table) does not pay for importing it.
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 # command name -> (module, one-line help)
 COMMANDS = {
@@ -21,6 +22,19 @@ COMMANDS = {
     "table": ("msg3d.report.table", "write the model-zoo table (markdown + CSV)"),
     "plot": ("msg3d.report.plots", "training curves, confusion matrix and per-class plots"),
 }
+
+
+def parse_named_paths(items, option):
+    """``["j=a.pkl", "b=b.pkl"]`` -> ``{"j": Path("a.pkl"), "b": Path("b.pkl")}`` for a NAME=PATH option."""
+    named = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"{option} expects NAME=PATH, got {item!r}")
+        if name in named:
+            raise ValueError(f"{name!r} is given twice in {option}")
+        named[name] = Path(path)
+    return named
 
 
 def _top_level_parser():

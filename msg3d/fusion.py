@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from msg3d.cli import parse_named_paths
 from msg3d.io import write_json_atomic, write_pickle_atomic, write_text_atomic
 from msg3d.metrics import mean_class_accuracy, top_k_accuracy
 
@@ -188,18 +189,6 @@ def search_weights(scores, labels, grid, seed=0):
     }
 
 
-def _parse_scores_args(items):
-    streams = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--scores expects NAME=SCORES.pkl, got {item!r}")
-        if name in streams:
-            raise ValueError(f"stream {name!r} is given twice in --scores")
-        streams[name] = Path(path)
-    return streams
-
-
 def _write_samples(path, frame_dirs, labels):
     lines = ["frame_dir,label"] + [f"{d},{int(y)}" for d, y in zip(frame_dirs, labels)]
     write_text_atomic(path, "\n".join(lines) + "\n")
@@ -289,7 +278,7 @@ def run(args):
     import sys
 
     try:
-        paths = _parse_scores_args(args.scores)
+        paths = parse_named_paths(args.scores, "--scores")
         if args.search is not None:
             if args.weights_json or args.out_scores:
                 raise ValueError("--search chooses the weights itself: give neither --weights-json nor --out-scores")

@@ -22,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
+from msg3d.cli import parse_named_paths  # noqa: E402
 from msg3d.fusion import load_stream  # noqa: E402
 from msg3d.io import atomic_path  # noqa: E402
 from msg3d.metrics import confusion_matrix, per_class_accuracy  # noqa: E402
@@ -170,18 +171,6 @@ def plot_per_class(scores, out, title=None):
     save_svg(fig, out)
 
 
-def _named_paths(items, option):
-    named = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"{option} expects NAME=PATH, got {item!r}")
-        if name in named:
-            raise ValueError(f"{name!r} is given twice in {option}")
-        named[name] = Path(path)
-    return named
-
-
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="kind", required=True, metavar="{curves,confusion,per-class}")
     curves = sub.add_parser("curves", help="training curves from the runs' epochs.csv")
@@ -201,11 +190,11 @@ def run(args):
 
     try:
         if args.kind == "curves":
-            plot_curves(_named_paths(args.runs, "--runs"), args.out, args.title)
+            plot_curves(parse_named_paths(args.runs, "--runs"), args.out, args.title)
         elif args.kind == "confusion":
             plot_confusion(args.scores, args.out, args.title)
         else:
-            plot_per_class(_named_paths(args.scores, "--scores"), args.out, args.title)
+            plot_per_class(parse_named_paths(args.scores, "--scores"), args.out, args.title)
     except (ValueError, FileNotFoundError) as err:
         print(f"msg3d plot: error: {err}", file=sys.stderr)
         return 2
