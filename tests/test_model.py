@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FIXTURES, shared_file
+from conftest import FIXTURES, REPO, shared_file
 from msg3d.models import build_model
 from msg3d.models.gcn import MSGCN, SlidingWindows
 from msg3d.models.graph import binary_adjacency
@@ -215,3 +215,32 @@ def test_torch_compile_fullgraph_matches_eager():
     F.cross_entropy(compiled(x), labels).backward()
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, eager[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_predict_probs_rejects_a_batch_without_clip_axis():
+    with pytest.raises(ValueError, match=r"expects \(N, num_clips, M, T, V, C\), got shape \(2, 2, 12, 25, 3\)"):
+        small_model().eval().predict_probs(torch.randn(2, 2, 12, 25, 3))
+
+
+def test_coco_odd_length_matches_pyskl_layout_baseline():
+    """COCO graph, odd T (37 -> T' = 10) and a batch of one, against the PYSKL-layout re-statement."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("model_speed", REPO / "benchmarks" / "model_speed.py")
+    baseline_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(baseline_module)
+    torch.manual_seed(3)
+    ours = build_model(7, layout="coco").eval()
+    with torch.no_grad():  # make BN statistics and PA matter
+        for name, tensor in ours.state_dict().items():
+            if name.endswith(".PA") or name.endswith("running_mean"):
+                tensor.add_(torch.randn_like(tensor) * 0.01)
+            elif name.endswith("running_var"):
+                tensor.mul_(1 + torch.rand_like(tensor))
+    baseline = baseline_module.PysklRecognizer(7, "coco").eval()
+    baseline.load_state_dict(ours.state_dict())
+    x = torch.randn(1, 2, 37, 17, 3)
+    with torch.no_grad():
+        assert ours.backbone(x).shape == (1, 2, 384, 10, 17)
+        # logits are ~1e-2 here; fp32 rounding gives ~1e-9, a transposed PA ~1e-4
+        torch.testing.assert_close(ours(x), baseline(x), rtol=0, atol=1e-6)

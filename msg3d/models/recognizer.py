@@ -34,6 +34,8 @@ class RecognizerGCN(nn.Module):
 
         Runs the clips of all samples as one batch; call it in eval mode.
         """
+        if x.dim() != 6:
+            raise ValueError(f"predict_probs expects (N, num_clips, M, T, V, C), got shape {tuple(x.shape)}")
         n, num_clips = x.shape[:2]
         logits = self(x.reshape((n * num_clips,) + x.shape[2:]))
         return logits.float().softmax(dim=-1).view(n, num_clips, -1).mean(dim=1)
