@@ -182,7 +182,7 @@ def test_missing_inputs_are_clear_errors(reference_run, tiny_store, tmp_path, ca
     base = ["test", "--out", str(tmp_path / "s.pkl"), "--device", "cpu", "--num-workers", "0"]
     assert cli_main(base + ["--data", str(tiny_store), "--split", "tiny",
                             "--checkpoint", str(tmp_path / "no.pth")]) == 2
-    assert "checkpoint not found" in capsys.readouterr().err
+    assert "checkpoint file not found" in capsys.readouterr().err
     assert cli_main(base + ["--data", str(tmp_path / "nostore"), "--split", "tiny",
                             "--checkpoint", str(reference_run / "best.pth")]) == 2
     assert "store not found" in capsys.readouterr().err
