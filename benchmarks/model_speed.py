@@ -169,7 +169,7 @@ class PysklRecognizer(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
-def _sync(device):
+def sync_device(device):
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -190,12 +190,17 @@ def time_step(model, x, labels, mode, dtype, iters, device):
 
     model.train(mode == "train")
     step()
+    return median_seconds(step, iters, device)
+
+
+def median_seconds(step, iters, device):
+    """Median wall seconds of ``iters`` calls of ``step``, each fenced by a device sync."""
     times = []
     for _ in range(iters):
-        _sync(device)
+        sync_device(device)
         start = time.perf_counter()
         step()
-        _sync(device)
+        sync_device(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,13 +37,6 @@ CONFIGS = [  # (name, implementation, amp, compile)
     ("msg3d bf16", "msg3d", "bf16", False),
     ("msg3d bf16 + compile", "msg3d", "bf16", True),
 ]
-
-
-def _sync(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def measure_step(impl, amp, compile_model, device_name, batch, frames, iters, warmup, threads):
@@ -62,10 +54,10 @@ def measure_step(impl, amp, compile_model, device_name, batch, frames, iters, wa
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
-    if impl == "pyskl":
-        sys.path.insert(0, str(HERE))
-        from model_speed import PysklRecognizer
+    sys.path.insert(0, str(HERE))
+    from model_speed import PysklRecognizer, sync_device, median_seconds
 
+    if impl == "pyskl":
         model = PysklRecognizer(60, "nturgb+d")
     else:
         model = build_model(60, layout="nturgb+d")
@@ -88,22 +80,16 @@ def measure_step(impl, amp, compile_model, device_name, batch, frames, iters, wa
     start = time.perf_counter()
     for _ in range(warmup):
         step()
-    _sync(device)
+    sync_device(device)
     warmup_s = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for _ in range(iters):
-        _sync(device)
-        t = time.perf_counter()
-        step()
-        _sync(device)
-        times.append(time.perf_counter() - t)
+    seconds = median_seconds(step, iters, device)
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    return {"seconds": statistics.median(times), "peak_mb": peak_mb, "warmup_s": warmup_s}
+    return {"seconds": seconds, "peak_mb": peak_mb, "warmup_s": warmup_s}
 
 
 def measure_engine(amp, compile_model, device_name, batch, frames, samples, threads):
