@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from msg3d.io import atomic_path
+from msg3d.fileio import atomic_path
 
 _WRAPPER_PARTS = ("module", "_orig_mod")
 _MAX_LISTED = 20

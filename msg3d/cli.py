@@ -3,6 +3,10 @@
 Each command lives in its own module, which defines ``add_arguments(parser)`` and
 ``run(args) -> int``. Only the chosen command's module is imported, so a stage that does
 not need torch (raw conversion, the table) does not pay for importing it.
+
+Errors: a stage reports bad input or a failed file operation by raising ``ValueError`` or
+``OSError`` with a message naming the file (and sample, line); ``main`` prints it as
+``msg3d <command>: error: <message>`` and returns 2, for every command alike.
 """
 
 import argparse
@@ -68,4 +72,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog=f"msg3d {name}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except (ValueError, OSError) as exc:
+        print(f"msg3d {name}: error: {exc}", file=sys.stderr)
+        return 2

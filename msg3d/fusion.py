@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from msg3d.cli import parse_named_paths
-from msg3d.io import write_json_atomic, write_pickle_atomic, write_text_atomic
+from msg3d.fileio import write_json_atomic, write_pickle_atomic, write_text_atomic
 from msg3d.metrics import mean_class_accuracy, top_k_accuracy
 
 
@@ -277,26 +277,22 @@ def run(args):
     import json
     import sys
 
-    try:
-        paths = parse_named_paths(args.scores, "--scores")
-        if args.search is not None:
-            if args.weights_json or args.out_scores:
-                raise ValueError("--search chooses the weights itself: give neither --weights-json nor --out-scores")
-            try:
-                grid = [int(g) for g in args.search.split(",")]
-            except ValueError:
-                raise ValueError(f"--search expects comma-separated integers, got {args.search!r}") from None
-            result = search_files(paths, grid, args.out, seed=args.seed, scheme=args.scheme)
-        else:
-            weights = {name: 1 for name in paths}
-            if args.weights_json:
-                weights = json.loads(args.weights_json)
-                if not isinstance(weights, dict):
-                    raise ValueError(f"--weights-json must be a JSON object, got {args.weights_json!r}")
-            result = fuse_files(paths, weights, args.out, args.out_scores, scheme=args.scheme)
-    except (ValueError, FileNotFoundError, json.JSONDecodeError) as err:
-        print(f"msg3d fuse: error: {err}", file=sys.stderr)
-        return 2
+    paths = parse_named_paths(args.scores, "--scores")
+    if args.search is not None:
+        if args.weights_json or args.out_scores:
+            raise ValueError("--search chooses the weights itself: give neither --weights-json nor --out-scores")
+        try:
+            grid = [int(g) for g in args.search.split(",")]
+        except ValueError:
+            raise ValueError(f"--search expects comma-separated integers, got {args.search!r}") from None
+        result = search_files(paths, grid, args.out, seed=args.seed, scheme=args.scheme)
+    else:
+        weights = {name: 1 for name in paths}
+        if args.weights_json:
+            weights = json.loads(args.weights_json)
+            if not isinstance(weights, dict):
+                raise ValueError(f"--weights-json must be a JSON object, got {args.weights_json!r}")
+        result = fuse_files(paths, weights, args.out, args.out_scores, scheme=args.scheme)
     print(
         f"fused {', '.join(f'{n}:{w}' for n, w in result['weights'].items())} on {result['num_samples']} samples: "
         f"top1 {100 * result['top1']:.2f}  top5 {100 * result['top5']:.2f}  "

@@ -12,7 +12,7 @@ import pytest
 from conftest import FIXTURES, REALDATA, REPO, shared_file
 from skeleton_text import BODY_ID, UPRIGHT, WIDE, body, expected, skeleton_bytes
 
-import msg3d.io
+import msg3d.fileio
 from msg3d.data import ntu_raw
 from msg3d.data.ntu_raw import NoBodiesError, SkeletonFormatError
 
@@ -495,7 +495,7 @@ def test_interrupted_write_leaves_no_output(tmp_path, monkeypatch):
         f.write(pickle.dumps(obj)[:1000])
         raise OSError("disk full")
 
-    monkeypatch.setattr(msg3d.io.pickle, "dump", dump_half)
+    monkeypatch.setattr(msg3d.fileio.pickle, "dump", dump_half)
     with pytest.raises(OSError, match="disk full"):
         ntu_raw.convert_ntu(raw, out, "ntu60", jobs=1)
     assert sorted(p.name for p in out.parent.iterdir()) == ["skipped.tsv"]  # no OUT.pkl, no temp file

@@ -11,7 +11,7 @@ from msg3d.cli import main as cli_main
 from msg3d.data.derive import derive_annotations
 from msg3d.data.modality import PreNormalize2D, PreNormalize3D, derive_modality
 from msg3d.data.store import StoreWriter, open_store
-from msg3d.io import sha256_file
+from msg3d.fileio import sha256_file
 
 
 def random_samples(n, persons=(1, 2), frames=(5, 20), joints=25, channels=3, seed=0):

@@ -21,7 +21,7 @@ from pathlib import Path
 from msg3d.data.modality import MODALITIES, PreNormalize2D, PreNormalize3D, derive_modality, is_3d_layout
 from msg3d.data.pyskl_io import load_annotations, validate_annotations
 from msg3d.data.store import StoreWriter
-from msg3d.io import sha256_file
+from msg3d.fileio import sha256_file
 from msg3d.layouts import LAYOUTS, get_layout
 
 MAX_PERSON = 2
@@ -135,10 +135,6 @@ def add_arguments(parser: argparse.ArgumentParser):
 
 
 def run(args):
-    try:
-        out = derive(args.annotations, args.out_dir, args.layout, args.modality, num_classes=args.num_classes)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"msg3d derive: error: {exc}", file=sys.stderr)
-        return 2
+    out = derive(args.annotations, args.out_dir, args.layout, args.modality, num_classes=args.num_classes)
     print(f"wrote {out}")
     return 0

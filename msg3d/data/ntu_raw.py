@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from msg3d.io import write_pickle_atomic, write_text_atomic
+from msg3d.fileio import write_pickle_atomic, write_text_atomic
 from msg3d.data.splits import NTU_NAME, NUM_ACTIONS, ntu_split, official_missing, parse_ntu_name
 from msg3d.layouts import get_layout
 
@@ -601,11 +601,6 @@ def add_arguments(parser):
 
 def run(args):
     if args.jobs is not None and args.jobs < 1:
-        print("msg3d convert-ntu: error: --jobs must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        convert_ntu(args.raw_dir, args.out, args.dataset, jobs=args.jobs, strict=args.strict, log=sys.stderr)
-    except (ValueError, OSError) as exc:
-        print(f"msg3d convert-ntu: error: {exc}", file=sys.stderr)
-        return 2
+        raise ValueError("--jobs must be >= 1")
+    convert_ntu(args.raw_dir, args.out, args.dataset, jobs=args.jobs, strict=args.strict, log=sys.stderr)
     return 0

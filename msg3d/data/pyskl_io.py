@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from msg3d.io import write_pickle_atomic
+from msg3d.fileio import write_pickle_atomic
 
 MAX_REPORTED = 20
 
@@ -242,11 +242,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    try:
-        data = load_annotations(args.annotations, num_classes=args.num_classes)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"msg3d import-pyskl: error: {exc}", file=sys.stderr)
-        return 2
+    data = load_annotations(args.annotations, num_classes=args.num_classes)
     print(f"{args.annotations}: OK")
     print(summarize(data))
     if args.out is not None:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import numpy.lib.format as npy_format
 
-from msg3d.io import atomic_path, write_json_atomic
+from msg3d.fileio import atomic_path, write_json_atomic
 
 DATA_FILE = "data.npy"
 INDEX_FILE = "index.npz"

@@ -33,7 +33,7 @@ from msg3d.engine.evaluate import predict
 from msg3d.engine.hparams import load_hparams, resolve_hparams
 from msg3d.engine.progress import Progress
 from msg3d.engine.train import resolve_device
-from msg3d.io import sha256_file, write_bytes_atomic, write_json_atomic, write_pickle_atomic, write_text_atomic
+from msg3d.fileio import sha256_file, write_bytes_atomic, write_json_atomic, write_pickle_atomic, write_text_atomic
 from msg3d.metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, top_k_accuracy
 
 
@@ -208,16 +208,12 @@ def add_arguments(parser):
 
 
 def run(args):
-    try:
-        hp = None
-        if args.hparams or args.hparams_json:
-            hp = load_hparams(args.hparams, args.hparams_json)
-        metrics = evaluate_checkpoint(args.data, args.split, args.checkpoint, args.out, args.metrics,
-                                      num_clips=args.num_clips, batch_size=args.batch_size,
-                                      num_workers=args.num_workers, device=args.device, amp=args.amp, hparams=hp)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"msg3d test: error: {exc}", file=sys.stderr)
-        return 2
+    hp = None
+    if args.hparams or args.hparams_json:
+        hp = load_hparams(args.hparams, args.hparams_json)
+    metrics = evaluate_checkpoint(args.data, args.split, args.checkpoint, args.out, args.metrics,
+                                  num_clips=args.num_clips, batch_size=args.batch_size,
+                                  num_workers=args.num_workers, device=args.device, amp=args.amp, hparams=hp)
     print(f"top1 {100 * metrics['top1']:.2f}  top5 {100 * metrics['top5']:.2f}  "
           f"mean class accuracy {100 * metrics['mean_class_accuracy']:.2f}  ({metrics['num_samples']} samples)")
     return 0

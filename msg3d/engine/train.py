@@ -60,15 +60,15 @@ from msg3d.engine.hparams import load_hparams, resolve_hparams, scaled_lr
 from msg3d.engine.loader import eval_loader, iterations_per_epoch, train_loader
 from msg3d.engine.progress import Progress
 from msg3d.engine.schedule import CosineSchedule, build_optimizer
-from msg3d.io import write_json_atomic, write_text_atomic
+from msg3d.fileio import write_json_atomic, write_text_atomic
 from msg3d.metrics import mean_class_accuracy, top_k_accuracy
 
 EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_top1", "val_top1", "val_top5", "seconds", "samples_per_s"]
 TIMING_COLUMNS = ("seconds", "samples_per_s")
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
+class NonFiniteLossError(ValueError):
+    """The training loss became NaN or infinite (a ValueError, so the CLI reports it as an error)."""
 
 
 # --------------------------------------------------------------------------- data & config
@@ -117,7 +117,7 @@ def config_differences(old, new, prefix=""):
 
 
 # The msg3d code a training run depends on (relative to the package folder): folders mean their .py files.
-CODE_PARTS = ("models", "engine", "data", "checkpoint.py", "metrics.py", "layouts.py", "io.py")
+CODE_PARTS = ("models", "engine", "data", "checkpoint.py", "metrics.py", "layouts.py", "fileio.py")
 
 
 def code_digest(root=None):
@@ -630,11 +630,7 @@ def add_arguments(parser):
 
 
 def run(args):
-    try:
-        hp = load_hparams(args.hparams, args.hparams_json)
-        train(args.data, args.split, args.out, hp, resume=args.resume, auto_resume=args.auto_resume,
-              force=args.force, seed=args.seed, device=args.device, amp=args.amp, compile_model=args.compile)
-    except (ValueError, FileNotFoundError, NonFiniteLossError) as exc:
-        print(f"msg3d train: error: {exc}", file=sys.stderr)
-        return 2
+    hp = load_hparams(args.hparams, args.hparams_json)
+    train(args.data, args.split, args.out, hp, resume=args.resume, auto_resume=args.auto_resume,
+          force=args.force, seed=args.seed, device=args.device, amp=args.amp, compile_model=args.compile)
     return 0

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from msg3d.cli import parse_named_paths  # noqa: E402
 from msg3d.fusion import load_stream  # noqa: E402
-from msg3d.io import atomic_path  # noqa: E402
+from msg3d.fileio import atomic_path  # noqa: E402
 from msg3d.metrics import confusion_matrix, per_class_accuracy  # noqa: E402
 
 # Fixed ids inside the SVG and no timestamp: reruns give the same bytes.
@@ -188,15 +188,11 @@ def add_arguments(parser):
 def run(args):
     import sys
 
-    try:
-        if args.kind == "curves":
-            plot_curves(parse_named_paths(args.runs, "--runs"), args.out, args.title)
-        elif args.kind == "confusion":
-            plot_confusion(args.scores, args.out, args.title)
-        else:
-            plot_per_class(parse_named_paths(args.scores, "--scores"), args.out, args.title)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"msg3d plot: error: {err}", file=sys.stderr)
-        return 2
+    if args.kind == "curves":
+        plot_curves(parse_named_paths(args.runs, "--runs"), args.out, args.title)
+    elif args.kind == "confusion":
+        plot_confusion(args.scores, args.out, args.title)
+    else:
+        plot_per_class(parse_named_paths(args.scores, "--scores"), args.out, args.title)
     print(f"wrote {args.out}", file=sys.stderr)
     return 0

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from msg3d.io import write_text_atomic
+from msg3d.fileio import write_text_atomic
 
 # entry key -> column title, in the published table's order
 COLUMNS = {
@@ -47,7 +47,10 @@ def load_reference(path):
     """Read the published-numbers YAML: ``{"source": str, "results": {key: {entry: top1 %}}}``."""
     path = Path(path)
     with open(path, encoding="utf-8") as f:
-        ref = yaml.safe_load(f)
+        try:
+            ref = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({exc})") from None
     if not isinstance(ref, dict) or not isinstance(ref.get("results"), dict):
         raise ValueError(f"{path}: expected a mapping with a 'results' mapping of published numbers")
     for key, cells in ref["results"].items():
@@ -243,13 +246,9 @@ def add_arguments(parser):
 def run(args):
     import sys
 
-    try:
-        spec = json.loads(args.spec_json)
-        if not isinstance(spec, list):
-            raise ValueError("--spec-json must be a JSON list of rows")
-        rows = write_table(spec, args.reference, args.out_md, args.out_csv)
-    except (ValueError, FileNotFoundError, yaml.YAMLError) as err:
-        print(f"msg3d table: error: {err}", file=sys.stderr)
-        return 2
+    spec = json.loads(args.spec_json)
+    if not isinstance(spec, list):
+        raise ValueError("--spec-json must be a JSON list of rows")
+    rows = write_table(spec, args.reference, args.out_md, args.out_csv)
     print(f"wrote {args.out_md} and {args.out_csv} ({len(rows)} rows)", file=sys.stderr)
     return 0
