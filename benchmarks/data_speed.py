@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from msg3d.data import SkeletonDataset
+from msg3d.data.dataset import SkeletonDataset
 from msg3d.data.store import StoreWriter
 
 

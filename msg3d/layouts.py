@@ -13,7 +13,8 @@ class Layout:
     ``edges`` are PYSKL's (child, parent) "inward" graph edges; ``bone_pairs`` are the
     ``(v1, v2)`` pairs of ``JointToBone`` (bone[v1] = joint[v1] - joint[v2]), one per joint.
     They differ for NTU's hands: the graph hangs tip and thumb off the hand, the bones follow
-    the original MS-G3D chain tip -> thumb -> hand.
+    the original MS-G3D chain tip -> thumb -> hand. ``dims`` is 3 for 3D joints (x, y, z: Kinect)
+    and 2 for 2D keypoints (x, y), to which PYSKL appends the detection score as a third channel.
     """
 
     name: str
@@ -21,10 +22,20 @@ class Layout:
     edges: tuple
     bone_pairs: tuple
     center: int
+    dims: int
 
     @property
     def num_joints(self):
         return len(self.joint_names)
+
+    @property
+    def is_3d(self):
+        return self.dims == 3
+
+    def has_score_channel(self, channels):
+        """Whether ``channels``-channel data of this layout ends in PYSKL's score channel (2D, C=3):
+        bones and motion average that channel instead of differencing it."""
+        return not self.is_3d and channels == 3
 
 
 def _from_one_based(pairs):
@@ -52,6 +63,7 @@ NTU_RGBD = Layout(
         (19, 18), (21, 22), (20, 20), (22, 7), (23, 24), (24, 11),
     ),
     center=20,
+    dims=3,
 )
 
 COCO = Layout(
@@ -70,6 +82,7 @@ COCO = Layout(
         (11, 0), (12, 0), (13, 11), (14, 12), (15, 13), (16, 14),
     ),
     center=0,
+    dims=2,
 )
 
 LAYOUTS = {layout.name: layout for layout in (NTU_RGBD, COCO)}

@@ -1,10 +1,11 @@
-"""Shared pytest setup: the --runslow switch and the location of ../shared/."""
+"""Shared pytest setup: the --runslow switch, the committed tests/fixtures/ and the location of ../shared/."""
 
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+TEST_FIXTURES = REPO / "tests" / "fixtures"  # committed: present in every clone
 SHARED = REPO.parent / "shared"
 FIXTURES = SHARED / "fixtures"
 REALDATA = SHARED / "realdata" / "ntu"

@@ -7,7 +7,7 @@ from conftest import FIXTURES, REALDATA, shared_file
 from torch.utils.data import DataLoader
 
 from msg3d.cli import main as cli_main
-from msg3d.data import SkeletonDataset
+from msg3d.data.dataset import SkeletonDataset
 from msg3d.data.derive import derive_annotations
 from msg3d.data.modality import PreNormalize3D, derive_modality
 from msg3d.data.sampling import uniform_sample

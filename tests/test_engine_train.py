@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from msg3d.cli import main as cli_main
-from msg3d.data import SkeletonDataset
+from msg3d.data.dataset import SkeletonDataset
 from msg3d.engine.distributed import DistInfo
 from msg3d.engine.evaluate import predict
 from msg3d.engine.hparams import resolve_hparams
@@ -27,6 +27,7 @@ from msg3d.engine.schedule import cosine_lr
 from msg3d.engine.train import EPOCH_COLUMNS, NonFiniteLossError, state_checksum, train
 from msg3d.metrics import mean_class_accuracy, top_k_accuracy
 from msg3d.models import build_model
+from msg3d.provenance import code_digest
 from test_engine_common import (
     REFERENCE,
     REFERENCE_SEED,
@@ -111,6 +112,15 @@ def test_unknown_hparam_on_the_command_line(tiny_store, tmp_path, capsys):
     assert "unknown hyper-parameter 'epoch'" in capsys.readouterr().err
 
 
+def test_a_foreign_code_digest_is_refused_before_anything_is_written(tiny_store, tmp_path, capsys):
+    code = cli_main(["train", "--data", str(tiny_store), "--split", "tiny", "--out", str(tmp_path / "run"),
+                     "--expect-code-digest", "0123456789abcdef"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"training code's digest is {code_digest('msg3d.engine.train')} but 0123456789abcdef was expected" in err
+    assert not (tmp_path / "run").exists()
+
+
 # ----------------------------------------------------------------------------- data order (fast)
 
 
@@ -190,6 +200,34 @@ def test_run_outputs_and_learning(reference_run, tiny_store):
     # checkpoints at every epoch end and every 4 iterations inside an epoch
     assert [r["iter"] for r in read_log(log, "checkpoint")] == CHECKPOINT_ITERS
     assert not [p.name for p in reference_run.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.slow
+def test_auto_resume_survives_an_edit_outside_the_training_code(reference_run, tiny_store, tmp_path):
+    """Killed after its first checkpoint, then msg3d/data/ntu_raw.py (not training code) edited: the
+    training digest is unchanged, so --auto-resume continues, and ends with the uninterrupted weights."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO / "msg3d", checkout / "msg3d", ignore=shutil.ignore_patterns("__pycache__"))
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "msg3d", "train", "--data", str(tiny_store), "--split", "tiny", "--out", str(out),
+               "--hparams-json", json.dumps(REFERENCE), "--device", "cpu", "--seed", str(REFERENCE_SEED),
+               "--auto-resume"]
+    env = dict(ONE_THREAD_ENV, PYTHONPATH=str(checkout))
+    stderr_path = tmp_path / "killed.stderr"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen(command, cwd=checkout, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        _kill_after_checkpoint(proc, out, 4, stderr_path)
+    resumed_from = torch.load(out / "latest.pth", map_location="cpu", weights_only=True)["meta"]["iter"]
+    assert resumed_from < 27, "killed only after the last checkpoint: nothing left to resume"
+
+    ntu_raw = checkout / "msg3d" / "data" / "ntu_raw.py"
+    ntu_raw.write_text(ntu_raw.read_text() + "\n# an edit the training does not run\n")
+    proc = subprocess.run(command, cwd=checkout, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "has the same config; resuming" in proc.stderr
+    assert [r["iter"] for r in read_log(out / "log.jsonl", "resume")] == [resumed_from]
+    assert_state_dicts_equal(load_state_dict(out / "latest.pth"), load_state_dict(reference_run / "latest.pth"))
+    assert read_epochs(out / "epochs.csv") == read_epochs(reference_run / "epochs.csv")
 
 
 @pytest.mark.slow

@@ -5,13 +5,9 @@ import pytest
 import torch
 from conftest import FIXTURES, shared_file
 
-from msg3d.data.modality import (
-    PreNormalize2D,
-    PreNormalize3D,
-    derive_modality,
-    joint_to_bone,
-    to_motion,
-)
+from msg3d.data.bone import joint_to_bone
+from msg3d.data.modality import PreNormalize2D, PreNormalize3D, derive_modality
+from msg3d.data.motion import to_motion
 
 MODALITIES = ("j", "b", "jm", "bm")
 

@@ -6,13 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import FIXTURES, REPO, shared_file
+from conftest import FIXTURES, REPO, TEST_FIXTURES, shared_file
 from msg3d.models import build_model
 from msg3d.models.gcn import MSGCN, SlidingWindows
 from msg3d.models.graph import binary_adjacency
 from msg3d.models.tcn import MSTCN
 
 NTU_REF = FIXTURES / "pyskl_msg3d_ntu_ref.pt"
+SMALL_REFS = {"nturgb+d": "pyskl_msg3d_ntu_small_ref.pt", "coco": "pyskl_msg3d_coco_small_ref.pt"}
 
 
 def small_model(num_classes=5, layout="nturgb+d"):
@@ -31,9 +32,29 @@ def ref_model(ntu_ref):
     return model.eval()
 
 
+def build_small(layout):
+    """The configuration of the committed small references: 60 classes, base_channels=24, all 13/6 scales."""
+    return build_model(60, layout=layout, base_channels=24)
+
+
+@pytest.fixture(scope="module", params=list(SMALL_REFS), ids=["ntu", "coco"])
+def small_ref(request):
+    """PYSKL's own numbers for a small MSG3D, committed in tests/fixtures/ (see its README), one per layout."""
+    ref = torch.load(TEST_FIXTURES / SMALL_REFS[request.param], weights_only=True)
+    assert ref["meta"] == {"layout": request.param, "num_classes": 60, "in_channels": 3, "base_channels": 24}
+    return ref
+
+
+@pytest.fixture(scope="module")
+def small_ref_model(small_ref):
+    model = build_small(small_ref["meta"]["layout"])
+    model.load_state_dict(small_ref["state_dict"])
+    return model.eval()
+
+
 @pytest.mark.parametrize("layout, tsv", [("nturgb+d", "pyskl_msg3d_ntu_keys.tsv"), ("coco", "pyskl_msg3d_coco_keys.tsv")])
 def test_state_dict_keys_shapes_and_order_are_pyskls(layout, tsv):
-    lines = shared_file(FIXTURES / tsv).read_text().splitlines()
+    lines = (TEST_FIXTURES / tsv).read_text().splitlines()
     assert lines[0] == "key\tshape"
     expected = [(key, json.loads(shape)) for key, shape in (line.split("\t") for line in lines[1:])]
     state = build_model(60, layout=layout).state_dict()
@@ -84,6 +105,49 @@ def test_predict_probs_matches_pyskl_tta(ntu_ref, ref_model):
     assert probs.shape == (1, 60)
     torch.testing.assert_close(probs, ntu_ref["tta_probs"], rtol=0, atol=1e-5)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(1))
+
+
+def test_small_state_dict_keys_shapes_order_and_size_are_pyskls(small_ref):
+    model = build_small(small_ref["meta"]["layout"])
+    expected = [(key, value.shape) for key, value in small_ref["state_dict"].items()]
+    assert [(key, value.shape) for key, value in model.state_dict().items()] == expected
+    assert sum(p.numel() for p in model.parameters()) == small_ref["num_params"]
+
+
+def test_small_seeded_construction_reproduces_pyskl_init(small_ref):
+    torch.manual_seed(0)
+    state = build_small(small_ref["meta"]["layout"]).state_dict()
+    sums = small_ref["default_init_sums"]
+    assert list(state) == list(sums)
+    wrong = [key for key, value in state.items() if value.double().sum().item() != sums[key]]
+    assert not wrong, f"{len(wrong)} tensors differ from PYSKL's seeded init, first: {wrong[:5]}"
+
+
+def test_small_eval_logits_match_pyskl(small_ref, small_ref_model):
+    """fp32 CPU: measured max difference 6e-7 (ntu) / 7e-7 (coco), the size of fp32 rounding."""
+    with torch.no_grad():
+        logits = small_ref_model.cls_head(small_ref_model.backbone(small_ref["input"]))
+    torch.testing.assert_close(logits, small_ref["logits"], rtol=0, atol=1e-4)
+    # the tolerance is meaningful: the logits span several units (max |logit| 3.9 ntu, 5.3 coco)
+    assert small_ref["logits"].abs().max() > 3
+
+
+def test_small_fp64_logits_match_pyskl(small_ref):
+    """float64: measured max difference 1.2e-15 (ntu) / 2.7e-15 (coco); fp32 rounding alone gives 5e-7 to 8e-7."""
+    model = build_small(small_ref["meta"]["layout"])
+    model.load_state_dict(small_ref["state_dict"])
+    model = model.double().eval()
+    with torch.no_grad():
+        logits = model(small_ref["input"].double())
+    assert logits.dtype == torch.float64
+    torch.testing.assert_close(logits, small_ref["logits_fp64"], rtol=0, atol=1e-12)
+
+
+def test_small_predict_probs_matches_pyskl_tta(small_ref, small_ref_model):
+    """Measured max difference 2e-8 (ntu) / 6e-8 (coco)."""
+    probs = small_ref_model.predict_probs(small_ref["input"].unsqueeze(0))  # 1 sample x 2 clips
+    assert probs.shape == (1, 60)
+    torch.testing.assert_close(probs, small_ref["tta_probs"], rtol=0, atol=1e-5)
 
 
 def test_predict_probs_averages_softmax_not_logits():

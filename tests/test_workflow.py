@@ -1,7 +1,6 @@
 """The Snakemake workflow: lint, the DAG the config asks for, honest code digests, and one
 end-to-end run of the small demo (tests/e2e/config) in a temporary copy of the repository."""
 
-import ast
 import json
 import os
 import re
@@ -13,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from msg3d.provenance import code_digest
+
 REPO = Path(__file__).resolve().parents[1]
-CODE_PARTS = yaml.safe_load((REPO / "workflow" / "code_parts.yaml").read_text())
 
 
 def run_env(root):
@@ -149,65 +149,18 @@ def test_config_errors_are_caught_at_parse_time(tmp_path, update, message):
 # --------------------------------------------------------------------------- code digests
 
 
-def _module_path(name):
-    """File of the msg3d module ``name`` (msg3d/a/b.py or msg3d/a/b/__init__.py), or None (not a module)."""
-    base = REPO.joinpath(*name.split("."))
-    for path in (base.with_suffix(".py"), base / "__init__.py"):
-        if path.exists():
-            return path
-    return None
+def train_rule_code_digest(root):
+    """The `code` param of the train rule, as a dry run prints it in the shell command."""
+    out = snakemake(root, "-n", "-p", "--forcerun", "train", "--", "results/train/demo/xsub/j/best.pth").stdout
+    digests = set(re.findall(r"--expect-code-digest (\w+)", out))
+    assert len(digests) == 1, out
+    return digests.pop()
 
 
-def _hashed(stage, path):
-    """Whether the msg3d file ``path`` is hashed for ``stage`` (or is one of the unhashed dispatchers)."""
-    rel = path.relative_to(REPO / "msg3d").as_posix()
-    entry = CODE_PARTS["stages"][stage]
-    parts = entry["files"] + [p.partition("::")[0] for p in entry.get("by_modality", {})]
-    return rel in CODE_PARTS["unhashed"] or any(rel == p or rel.startswith(p + "/") for p in parts)
-
-
-def _msg3d_imports(path):
-    """msg3d modules that ``path`` imports anywhere (module level or inside functions)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "msg3d":
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name.split(".")[0] == "msg3d")
-    return {name for name in found if _module_path(name)}
-
-
-# train and test import torch (seconds): slow
-@pytest.mark.parametrize(
-    "stage", [pytest.param(s, marks=pytest.mark.slow) if s in ("train", "test") else s for s in CODE_PARTS["stages"]]
-)
-def test_code_digest_covers_what_each_stage_imports(stage):
-    """What a stage's module loads in a fresh interpreter, and every msg3d import written in the
-    files hashed for it (function-level ones included), must be hashed for that stage."""
-    module = CODE_PARTS["stages"][stage]["module"]
-    probe = f"import json, sys, {module}; print(json.dumps([m for m in sys.modules if m[:5] in ('msg3d', 'torch')]))"
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=run_env(REPO), capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    loaded = json.loads(proc.stdout)
-    assert module in loaded
-    assert ("torch" in loaded) == (stage in ("train", "test")), "only training and testing may import torch"
-    loaded = [m for m in loaded if m.startswith("msg3d")]
-    missing = [m for m in loaded if not _hashed(stage, _module_path(m))]
-    assert not missing, f"stage {stage} loads {missing}, which workflow/code_parts.yaml does not hash for it"
-
-    for part in CODE_PARTS["stages"][stage]["files"]:
-        path = REPO / "msg3d" / part
-        assert path.exists(), f"code_parts.yaml lists msg3d/{part}, which does not exist"
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.suffix == ".py" else []
-        for file in files:
-            if file == REPO / "msg3d" / "data" / "__init__.py":
-                continue  # its one import sits in a lazy attribute hook (SkeletonDataset) for the torch stages
-            for name in _msg3d_imports(file):
-                assert _hashed(stage, _module_path(name)), (
-                    f"msg3d/{file.relative_to(REPO / 'msg3d')} imports {name}, which code_parts.yaml does not "
-                    f"hash for stage {stage}"
-                )
+@pytest.mark.slow
+def test_train_rule_tracks_the_engines_code_digest(tmp_path):
+    root = copy_repo(tmp_path / "repo", REPO / "tests" / "e2e" / "config" / "config.yaml")
+    assert train_rule_code_digest(root) == code_digest("msg3d.engine.train")
 
 
 # --------------------------------------------------------------------------- end to end
@@ -240,7 +193,7 @@ def test_end_to_end_demo(tmp_path):
     (root / "config" / "config.yaml").write_text(config)
 
     # an edit to the bone code reruns the bone streams (b, bm) and what depends on them only
-    modality = root / "msg3d" / "data" / "modality.py"
+    modality = root / "msg3d" / "data" / "bone.py"
     source = modality.read_text()
     modality.write_text(re.sub(r"(\ndef joint_to_bone\(.*\):\n)", r"\1    # edited\n", source, count=1))
     planned = planned_outputs(snakemake(root, "-n", "all").stdout)
@@ -277,3 +230,6 @@ def test_end_to_end_demo(tmp_path):
         assert "no checkpoint" in (log := (logs / f"{stream}.log").read_text()) and "starting fresh" in log, log
     for path, content in first.items():
         assert (results / path).read_bytes() == content, path
+    # the digest the engine records is the one Snakemake tracks for the train rule
+    config = json.loads((results / "train" / "demo" / "xsub" / "j" / "config.json").read_text())
+    assert config["code_digest"] == train_rule_code_digest(root)

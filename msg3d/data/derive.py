@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from msg3d.data.modality import MODALITIES, PreNormalize2D, PreNormalize3D, derive_modality, is_3d_layout
+from msg3d.data.modality import MODALITIES, PreNormalize2D, PreNormalize3D, derive_modality
 from msg3d.data.pyskl_io import load_annotations, validate_annotations
 from msg3d.data.store import StoreWriter
 from msg3d.fileio import sha256_file
@@ -38,7 +38,7 @@ def _sample_format(ann):
 def check_layout(annotations, layout):
     """Raise ValueError unless every sample's keypoints fit ``layout`` (joints and 2D/3D)."""
     layout = get_layout(layout) if isinstance(layout, str) else layout
-    want_channels = 3 if is_3d_layout(layout) else 2
+    want_channels = 3 if layout.is_3d else 2
     bad = [a for a in annotations
            if a["keypoint"].shape[2] != layout.num_joints or a["keypoint"].shape[-1] != want_channels]
     if bad:
@@ -58,7 +58,7 @@ def normalize_sample(ann, layout):
     """
     layout = get_layout(layout) if isinstance(layout, str) else layout
     try:
-        if is_3d_layout(layout):
+        if layout.is_3d:
             return PreNormalize3D()(ann["keypoint"])[0][:MAX_PERSON]
         keypoint, score = ann["keypoint"][:MAX_PERSON], ann["keypoint_score"][:MAX_PERSON]
         return PreNormalize2D()(keypoint, score, ann.get("img_shape"))
@@ -68,7 +68,7 @@ def normalize_sample(ann, layout):
 
 def pipeline_description(layout, modality):
     layout = get_layout(layout) if isinstance(layout, str) else layout
-    norm = ("PreNormalize3D(zaxis=[0, 1], xaxis=[8, 4])" if is_3d_layout(layout)
+    norm = ("PreNormalize3D(zaxis=[0, 1], xaxis=[8, 4])" if layout.is_3d
             else "PreNormalize2D(img_shape=sample img_shape or (1080, 1920), threshold=0.01)")
     return (f"{norm} -> GenSkeFeat(dataset={layout.name!r}, feats=[{modality!r}]) on the full sequence "
             f"-> first {MAX_PERSON} persons, float32")
@@ -106,7 +106,7 @@ def derive_annotations(data, out_dir, layout, modality, *, num_classes=None, sou
             meta={
                 "layout": layout.name,
                 "modality": modality,
-                "kind": "3d" if is_3d_layout(layout) else "2d",
+                "kind": "3d" if layout.is_3d else "2d",
                 "num_classes": int(num_classes),
                 "max_person": MAX_PERSON,
                 "source": source or {"name": None, "sha256": None},

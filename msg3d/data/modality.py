@@ -5,17 +5,17 @@ All operators work on one sample's full sequence ``keypoint`` of shape ``(M, T, 
 PYSKL step by step (float16 annotations stay float16 through the centering, the rotation
 promotes to float64, bones are float32, motion keeps its input dtype), because that is what
 makes our numbers agree with PYSKL's to ~1e-6 rather than ~1e-3. Torch-free.
+
+The bone and motion operators live in their own modules (``bone.py``, ``motion.py``) so that a
+derive job's code digest holds only the operators its modality runs (``msg3d.provenance``).
 """
 
 import numpy as np
 
-from msg3d.layouts import get_layout
+from msg3d.data.bone import joint_to_bone
+from msg3d.data.motion import to_motion
 
 MODALITIES = ("j", "b", "jm", "bm")
-
-# Layouts whose data is 3D (x, y, z). For the others (2D) a third channel is PYSKL's detection
-# score, which bones and motion average instead of differencing.
-_LAYOUTS_3D = ("nturgb+d",)
 
 _Z_TARGET = np.array([0.0, 0.0, 1.0])
 _X_TARGET = np.array([1.0, 0.0, 0.0])
@@ -120,48 +120,6 @@ class PreNormalize2D:
         out[..., 1] = (out[..., 1] - h / 2) / (h / 2)
         out[..., :2][out[..., 2] <= self.threshold] = 0
         return out
-
-
-def is_3d_layout(layout):
-    """True for layouts of 3D (x, y, z) data (nturgb+d); False for 2D ones (coco)."""
-    return (layout if isinstance(layout, str) else layout.name) in _LAYOUTS_3D
-
-
-def _has_score_channel(layout, channels):
-    return channels == 3 and not is_3d_layout(layout)
-
-
-def joint_to_bone(keypoint, layout):
-    """PYSKL ``JointToBone``: bone[v1] = joint[v1] - joint[v2] for the layout's bone pairs.
-
-    ``keypoint`` (M, T, V, C) -> float32 (M, T, V, C). For a 2D layout with C=3 the score channel
-    is the mean of the two joints' scores.
-    """
-    layout = get_layout(layout) if isinstance(layout, str) else layout
-    keypoint = np.asarray(keypoint)
-    if keypoint.shape[2] != layout.num_joints:
-        raise ValueError(f"layout {layout.name!r} has {layout.num_joints} joints, "
-                         f"keypoint has {keypoint.shape[2]}")
-    v1, v2 = (list(ix) for ix in zip(*layout.bone_pairs))
-    bone = np.zeros(keypoint.shape, dtype=np.float32)
-    bone[..., v1, :] = keypoint[..., v1, :] - keypoint[..., v2, :]
-    if _has_score_channel(layout, keypoint.shape[-1]):
-        bone[..., v1, 2] = (keypoint[..., v1, 2] + keypoint[..., v2, 2]) / 2
-    return bone
-
-
-def to_motion(x, layout):
-    """PYSKL ``ToMotion``: out[:, t] = x[:, t+1] - x[:, t], last frame 0; dtype of ``x``.
-
-    For a 2D layout with C=3 the score channel is the mean of the two frames' scores instead.
-    """
-    layout = get_layout(layout) if isinstance(layout, str) else layout
-    x = np.asarray(x)
-    motion = np.zeros_like(x)
-    motion[:, :-1] = x[:, 1:] - x[:, :-1]
-    if _has_score_channel(layout, x.shape[-1]):
-        motion[:, :-1, :, 2] = (x[:, :-1, :, 2] + x[:, 1:, :, 2]) / 2
-    return motion
 
 
 def derive_modality(keypoint, layout, modality):

@@ -3,7 +3,8 @@
 Writes into RUN_DIR (rank 0 only):
 * ``config.json``  the resolved config: hyper-parameters, seed, data store + meta, split, runtime
   (device, amp, compile, world size), derived numbers (lr used, iterations) and ``code_digest``
-  (see ``code_digest``), so that a run is never continued by different training code.
+  (``msg3d.provenance``: the same value the workflow's train rule tracks), so that a run is never
+  continued by different training code.
 * ``latest.pth``   PYSKL-format checkpoint (``meta``, ``state_dict``, ``optimizer``) plus our resume
   state (``scheduler``, ``train_state``: epoch, iteration, sampler position, RNG states of every
   rank, running epoch sums, history, best; ``best_checkpoint``: a copy of best.pth's contents);
@@ -62,6 +63,7 @@ from msg3d.engine.progress import Progress
 from msg3d.engine.schedule import CosineSchedule, build_optimizer
 from msg3d.fileio import write_json_atomic, write_text_atomic
 from msg3d.metrics import mean_class_accuracy, top_k_accuracy
+from msg3d.provenance import code_digest
 
 EPOCH_COLUMNS = ["epoch", "lr", "train_loss", "train_top1", "val_top1", "val_top5", "seconds", "samples_per_s"]
 TIMING_COLUMNS = ("seconds", "samples_per_s")
@@ -116,33 +118,13 @@ def config_differences(old, new, prefix=""):
     return diffs
 
 
-# The msg3d code a training run depends on (relative to the package folder): folders mean their .py files.
-CODE_PARTS = ("models", "engine", "data", "checkpoint.py", "metrics.py", "layouts.py", "fileio.py")
-
-
-def code_digest(root=None):
-    """First 16 hex digits of the sha256 over the training code's .py files (``CODE_PARTS`` of the
-    package folder ``root``, default this msg3d), each hashed as its relative path, its length and
-    its bytes, in order of relative path."""
-    root = Path(msg3d.__file__).parent if root is None else Path(root)
-    files = []
-    for part in CODE_PARTS:
-        path = root / part
-        files += path.rglob("*.py") if path.is_dir() else [path]
-    h = hashlib.sha256()
-    for rel, path in sorted((p.relative_to(root).as_posix(), p) for p in files):
-        data = path.read_bytes()
-        h.update(b"%s\0%d\0%s" % (rel.encode(), len(data), data))
-    return h.hexdigest()[:16]
-
-
 def make_config(hp, seed, store_dir, store, split, train_split, val_split, n_train, n_val, device, amp,
                 compile_model, world_size, iters_per_epoch):
     return _jsonable(
         {
             "hparams": hp,
             "seed": seed,
-            "code_digest": code_digest(),
+            "code_digest": code_digest(__name__),
             "data": {
                 "store": str(Path(store_dir).resolve()),
                 "meta": store.meta,
@@ -337,7 +319,7 @@ def train(data, split, out, hparams=None, *, resume=False, auto_resume=False, fo
 
 def _setup_run(data, split, out, hp, info, resume, auto_resume, force, seed, device, amp, compile_model):
     """Open data, build the config and decide fresh/resume on rank 0; every rank gets the outcome."""
-    from msg3d.data import SkeletonDataset
+    from msg3d.data.dataset import SkeletonDataset
 
     store = open_store(data)
     train_split, val_split = split_pair(store, data, split)
@@ -627,9 +609,17 @@ def add_arguments(parser):
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     parser.add_argument("--amp", choices=["bf16"], default=None, help="bf16 autocast")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--expect-code-digest", metavar="HEX",
+                        help="refuse to start unless the training code's digest (msg3d.provenance) is HEX: the "
+                             "workflow passes the digest it tracks, so a stale or foreign msg3d is caught")
 
 
 def run(args):
+    if args.expect_code_digest is not None and args.expect_code_digest != code_digest(__name__):
+        raise ValueError(
+            f"the training code's digest is {code_digest(__name__)} but {args.expect_code_digest} was expected: "
+            f"the msg3d that runs ({Path(__file__).parents[1]}) is not the code the workflow hashed"
+        )
     hp = load_hparams(args.hparams, args.hparams_json)
     train(args.data, args.split, args.out, hp, resume=args.resume, auto_resume=args.auto_resume,
           force=args.force, seed=args.seed, device=args.device, amp=args.amp, compile_model=args.compile)

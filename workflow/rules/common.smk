@@ -1,16 +1,11 @@
 # Config validation, the code digests, and the helpers that turn the config into paths, params and
-# targets. No rules here (the linter wants functions and rules apart); no msg3d import either (it is
-# not importable from Snakemake's own interpreter unless installed: rules call `python -m msg3d`).
+# targets. No rules here (the linter wants functions and rules apart).
 
-import ast
-import functools
-import hashlib
 import json
 import os
 import shlex
 from pathlib import Path
 
-import yaml
 from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml")
@@ -94,82 +89,16 @@ def choice(names):
 
 # --------------------------------------------------------------------------- code digests
 
-MSG3D_DIR = Path(workflow.basedir).parent / "msg3d"
-with open(Path(workflow.basedir) / "code_parts.yaml", encoding="utf-8") as _f:
-    CODE_PARTS = yaml.safe_load(_f)
-# FILE -> names of its definitions that are hashed on their own (FILE::NAME parts)
-CARVED = {}
-for _stage in CODE_PARTS["stages"].values():
-    for _part in _stage.get("by_modality", {}):
-        _file, _, _name = _part.partition("::")
-        CARVED.setdefault(_file, set()).add(_name)
+
+def get_code(command, modality=None):
+    """Digest of the msg3d code that `msg3d COMMAND` runs (msg3d.provenance), for `params: code=`;
+    the train job passes it on, and the engine records the same value in config.json."""
+    return code_digest(COMMANDS[command][0], modality)
 
 
-def _definition_spans(path, text):
-    """Top-level def/class name -> (first line incl. decorators, last line), 1-based."""
-    spans = {}
-    for node in ast.parse(text, filename=str(path)).body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-            spans[node.name] = (first, node.end_lineno)
-    return spans
-
-
-@functools.cache
-def _part_bytes(part):
-    """Bytes of one code part: a file (minus its carved definitions), a FILE::NAME, or a folder."""
-    file, _, name = part.partition("::")
-    path = MSG3D_DIR / file
-    if not path.exists():
-        raise FileNotFoundError(
-            f"workflow/code_parts.yaml lists msg3d/{file}, which does not exist"
-        )
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.py") if "__pycache__" not in p.parts)
-        return b"\0".join(
-            b"%s\0%s" % (p.relative_to(path).as_posix().encode(), p.read_bytes())
-            for p in files
-        )
-    if not name and file not in CARVED:
-        return path.read_bytes()
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
-    spans = _definition_spans(path, text)
-    missing = [n for n in ([name] if name else CARVED[file]) if n not in spans]
-    if missing:
-        raise ValueError(
-            f"workflow/code_parts.yaml names {missing} in msg3d/{file}, which defines no such thing"
-        )
-    if name:
-        first, last = spans[name]
-        return "".join(lines[first - 1 : last]).encode()
-    carved = set()
-    for n in CARVED[file]:
-        first, last = spans[n]
-        carved.update(range(first, last + 1))
-    return "".join(
-        line for i, line in enumerate(lines, start=1) if i not in carved
-    ).encode()
-
-
-@functools.cache
-def code_digest(stage, modality=None):
-    """First 16 hex digits of the sha256 of the msg3d code that ``stage`` runs (code_parts.yaml)."""
-    entry = CODE_PARTS["stages"][stage]
-    parts = list(entry["files"])
-    parts += [
-        p
-        for p, modalities in entry.get("by_modality", {}).items()
-        if modality in modalities
-    ]
-    h = hashlib.sha256()
-    for part in sorted(parts):
-        h.update(b"%s\0%s\0" % (part.encode(), _part_bytes(part)))
-    return h.hexdigest()[:16]
-
-
-def derive_code(wildcards):
-    return code_digest("derive", wildcards.stream)
+def get_derive_code(wildcards):
+    """A derive job's code digest holds only the bone/motion operators its modality runs."""
+    return get_code("derive", wildcards.stream)
 
 
 # --------------------------------------------------------------------------- data

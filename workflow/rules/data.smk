@@ -15,7 +15,7 @@ rule make_demo:
         replications=config["demo"]["replications"],
         min_frames=config["demo"]["min_frames"],
         max_frames=config["demo"]["max_frames"],
-        code=code_digest("make_demo"),
+        code=get_code("make-demo"),
     shell:
         "python -m msg3d make-demo {output.skeletons} --seed {params.seed}"
         " --train-subjects {params.train_subjects} --val-subjects {params.val_subjects}"
@@ -38,7 +38,7 @@ rule convert_ntu:
     threads: 4
     params:
         ntu=ntu_release,
-        code=code_digest("convert"),
+        code=get_code("convert-ntu"),
     shell:
         "python -m msg3d convert-ntu {input.skeletons} {output.annotations} --dataset {params.ntu}"
         " --jobs {threads} > {log} 2>&1"
@@ -56,7 +56,7 @@ rule import_pyskl:
     conda:
         "../../environment.yml"
     params:
-        code=code_digest("import"),
+        code=get_code("import-pyskl"),
     shell:
         "python -m msg3d import-pyskl {input.annotations} --out {output.annotations} > {log} 2>&1"
 
@@ -72,7 +72,7 @@ rule derive:
         "../../environment.yml"
     params:
         layout=layout,
-        code=derive_code,
+        code=get_derive_code,
     shell:
         "python -m msg3d derive {input.annotations} {output.store} --layout {params.layout}"
         " --modality {wildcards.stream} > {log} 2>&1"

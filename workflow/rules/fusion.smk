@@ -15,7 +15,7 @@ rule fuse:
     params:
         scores=fusion_scores,
         weights=fusion_weights,
-        code=code_digest("fuse"),
+        code=get_code("fuse"),
     shell:
         "python -m msg3d fuse --scheme {wildcards.scheme} --scores {params.scores}"
         " --weights-json {params.weights:q} --out {output.metrics} --out-scores {output.scores} > {log} 2>&1"
@@ -34,7 +34,7 @@ rule fuse_search:
         scores=search_scores,
         grid=SEARCH_GRID,
         seed=config["fusion_search"]["seed"],
-        code=code_digest("fuse"),
+        code=get_code("fuse"),
     shell:
         "python -m msg3d fuse --scheme search --scores {params.scores} --search {params.grid}"
         " --seed {params.seed} --out {output.metrics} > {log} 2>&1"

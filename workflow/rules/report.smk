@@ -24,7 +24,7 @@ rule model_zoo_table:
     params:
         spec=TABLE_SPEC,
         reference=reference_arg,
-        code=code_digest("table"),
+        code=get_code("table"),
     shell:
         "python -m msg3d table --spec-json {params.spec:q} {params.reference}"
         " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
@@ -47,7 +47,7 @@ rule plot_curves:
     params:
         runs=curve_runs,
         title=plot_title,
-        code=code_digest("plot"),
+        code=get_code("plot"),
     shell:
         "python -m msg3d plot curves --runs {params.runs} --title {params.title:q} --out {output} > {log} 2>&1"
 
@@ -70,7 +70,7 @@ rule plot_confusion:
     params:
         scores=confusion_scores,
         title=confusion_title,
-        code=code_digest("plot"),
+        code=get_code("plot"),
     shell:
         "python -m msg3d plot confusion --scores {params.scores} --title {params.title:q}"
         " --out {output} > {log} 2>&1"
@@ -93,6 +93,6 @@ rule plot_per_class:
     params:
         scores=per_class_scores,
         title=plot_title,
-        code=code_digest("plot"),
+        code=get_code("plot"),
     shell:
         "python -m msg3d plot per-class --scores {params.scores} --title {params.title:q} --out {output} > {log} 2>&1"

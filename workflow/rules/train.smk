@@ -25,13 +25,14 @@ rule train:
         hparams=TRAIN_HPARAMS,
         seed=config["seed"],
         device=DEVICE_ARG,
-        code=code_digest("train"),
+        code=get_code("train"),
     # more than one GPU granted (e.g. set-resources in a cluster profile): DDP with torchrun in this job
     shell:
         "if [ {resources.gpu} -gt 1 ]; then launch='torchrun --standalone --nproc-per-node {resources.gpu}';"
         " else launch=python; fi;"
         " $launch -m msg3d train --data {input.store} --split {wildcards.split} --out {params.run}"
-        " --auto-resume --hparams-json {params.hparams:q} --seed {params.seed} {params.device} > {log} 2>&1"
+        " --auto-resume --hparams-json {params.hparams:q} --seed {params.seed} {params.device}"
+        " --expect-code-digest {params.code} > {log} 2>&1"
 
 
 rule download_checkpoint:
@@ -72,7 +73,7 @@ rule test:
         num_clips=config["test"]["num_clips"],
         num_workers=config["train"]["num_workers"],
         device=DEVICE_ARG,
-        code=code_digest("test"),
+        code=get_code("test"),
     shell:
         "python -m msg3d test --data {input.store} --split {wildcards.split} --checkpoint {params.checkpoint}"
         " --out {output.scores} --metrics {output.metrics} --num-clips {params.num_clips}"
