@@ -12,7 +12,6 @@ Errors: a stage reports bad input or a failed file operation by raising ``ValueE
 import argparse
 import importlib
 import sys
-from pathlib import Path
 
 # command name -> (module, one-line help)
 COMMANDS = {
@@ -22,23 +21,10 @@ COMMANDS = {
     "derive": ("msg3d.data.derive", "normalise and derive one modality (j, b, jm, bm) into a memory-mapped store"),
     "train": ("msg3d.engine.train", "train MS-G3D on one split of a derived store"),
     "test": ("msg3d.engine.test", "multi-clip test of a checkpoint on a split; writes scores and metrics"),
-    "fuse": ("msg3d.fusion", "weighted score fusion of several streams"),
+    "fuse": ("msg3d.report.fusion", "weighted score fusion of several streams"),
     "table": ("msg3d.report.table", "write the model-zoo table (markdown + CSV)"),
     "plot": ("msg3d.report.plots", "training curves, confusion matrix and per-class plots"),
 }
-
-
-def parse_named_paths(items, option):
-    """``["j=a.pkl", "b=b.pkl"]`` -> ``{"j": Path("a.pkl"), "b": Path("b.pkl")}`` for a NAME=PATH option."""
-    named = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"{option} expects NAME=PATH, got {item!r}")
-        if name in named:
-            raise ValueError(f"{name!r} is given twice in {option}")
-        named[name] = Path(path)
-    return named
 
 
 def _top_level_parser():

@@ -5,7 +5,9 @@ half-written one that a later run (or Snakemake) would trust.
 """
 
 import contextlib
+import csv
 import hashlib
+import itertools
 import json
 import os
 import pickle
@@ -64,6 +66,22 @@ def write_text_atomic(path, text):
 def write_json_atomic(path, obj, *, indent=2):
     """Write ``obj`` as JSON with sorted keys (stable bytes for the same content)."""
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
+
+
+def write_csv_atomic(path, header, rows):
+    """Write ``header`` and ``rows`` (sequences of fields) as UTF-8 CSV with ``\\n`` line ends.
+
+    Python's default (excel) dialect: a field is quoted only when it holds a comma, a double quote
+    or a ``\\n``, so ``csv.reader`` gives every field back. A ``\\r`` is refused: with ``\\n`` line
+    ends csv leaves it unquoted, and a reader would split the line there.
+    """
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            for row in itertools.chain([header], rows):
+                if any(isinstance(field, str) and "\r" in field for field in row):
+                    raise ValueError(f"{path}: a CSV field holds a carriage return: {row!r}")
+                writer.writerow(row)
 
 
 def write_pickle_atomic(path, obj):

@@ -12,7 +12,7 @@ import torch
 
 import msg3d.engine.test as engine_test
 from msg3d.cli import main as cli_main
-from msg3d.data import SkeletonDataset
+from msg3d.data.dataset import SkeletonDataset
 from msg3d.data.derive import derive_annotations
 from msg3d.data.store import open_store
 from msg3d.models import build_model

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from msg3d.cli import main
-from msg3d.fusion import fuse_files, fuse_scores, search_weights, stratified_halves
+from msg3d.report.fusion import fuse_files, fuse_scores, search_weights, stratified_halves
+from msg3d.scores import read_scores, write_scores
 
 FRAME_DIRS = ["S001C001P003R001A001", "S001C001P003R001A002", "S001C001P003R001A003"]
 LABELS = [0, 1, 2]
@@ -48,6 +49,16 @@ def test_fuse_files_metrics_and_outputs(tmp_path):
     # the pickles hold float32, so the sum is of the float32 values
     np.testing.assert_allclose(fused[2], [0.3, 0.7, 1.0], rtol=1e-6)
     assert (tmp_path / "out" / "2s_samples.csv").read_text() == (tmp_path / "j_samples.csv").read_text()
+
+
+def test_fused_stream_keeps_frame_dirs_with_commas_and_quotes(tmp_path):
+    odd = ["S001,C001", 'S002 "x"', "S003"]
+    paths = {name: write_scores(tmp_path / f"{name}.pkl", probs, odd, LABELS).scores
+             for name, probs in (("j", J), ("b", B))}
+    fuse_files(paths, {"j": 1, "b": 1}, tmp_path / "2s.json", tmp_path / "2s.pkl")
+    probs, frame_dirs, labels = read_scores(tmp_path / "2s.pkl")
+    assert frame_dirs == odd and labels.tolist() == LABELS
+    np.testing.assert_allclose(probs, J + B, rtol=1e-6)
 
 
 def test_weights_change_the_winner(tmp_path):

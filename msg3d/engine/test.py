@@ -1,17 +1,10 @@
 """``msg3d test``: multi-clip test of a checkpoint on a split (REFERENCE §2.1, §6).
 
 Each sample is cut into ``--num-clips`` (default 10) uniform clips (§4.3 test mode); the model's
-softmax is averaged over the clips. Outputs (``<stem>`` = SCORES path without ``.pkl``):
-
-* ``SCORES.pkl``             PYSKL's result format: a list, in split order, of per-sample float32
-                             probability vectors.
-* ``METRICS.json``           top1, top5, mean_class_accuracy (PYSKL's definitions), num_samples,
-                             checkpoint path + sha256, config (ours, from the checkpoint), ...
-                             Default path: ``<stem>_metrics.json``.
-* ``<stem>_samples.csv``     ``frame_dir,label`` per sample, split order (fusion checks streams with it).
-* ``<stem>_per_class.csv``   ``class,support,correct,accuracy`` (accuracy empty without samples).
-* ``<stem>_confusion.npy``   ``(K, K)`` int64 counts, row = true class, column = predicted;
-  ``<stem>_confusion.csv``   the same with a header (``true\\pred,0,1,...``).
+softmax is averaged over the clips. Outputs: the scores files of ``msg3d.scores`` (``SCORES.pkl`` in
+PYSKL's result format, its samples, per-class and confusion files) and ``METRICS.json`` (default
+``<stem>_metrics.json``): top1, top5, mean_class_accuracy (PYSKL's definitions), num_samples,
+checkpoint path + sha256, config (ours, from the checkpoint), ...
 
 Checkpoints: ours (``meta['config']`` holds the resolved training config, so the model's width,
 scales and clip length come from it) or PYSKL's released ``.pth`` files (full-size model by
@@ -19,8 +12,6 @@ default, or the ``model``/``clip_len`` of ``--hparams``). The number of classes,
 the channel count come from the store; a checkpoint that does not fit them is refused.
 """
 
-import csv
-import io
 import sys
 from pathlib import Path
 
@@ -33,8 +24,8 @@ from msg3d.engine.evaluate import predict
 from msg3d.engine.hparams import load_hparams, resolve_hparams
 from msg3d.engine.progress import Progress
 from msg3d.engine.train import resolve_device
-from msg3d.fileio import sha256_file, write_bytes_atomic, write_json_atomic, write_pickle_atomic, write_text_atomic
-from msg3d.metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, top_k_accuracy
+from msg3d.fileio import sha256_file
+from msg3d.scores import sibling_paths, summary_metrics, write_scores
 
 
 def eval_split_name(store, store_dir, split):
@@ -86,45 +77,6 @@ def check_checkpoint_fits(ckpt, path, meta, num_person=2):
     return config
 
 
-def _table_csv(header, rows):
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def output_paths(scores_path, metrics_path=None):
-    scores_path = Path(scores_path)
-    stem = scores_path.with_suffix("") if scores_path.suffix == ".pkl" else scores_path
-    return {
-        "scores": scores_path,
-        "metrics": Path(metrics_path) if metrics_path else Path(f"{stem}_metrics.json"),
-        "samples": Path(f"{stem}_samples.csv"),
-        "per_class": Path(f"{stem}_per_class.csv"),
-        "confusion_npy": Path(f"{stem}_confusion.npy"),
-        "confusion_csv": Path(f"{stem}_confusion.csv"),
-    }
-
-
-def write_outputs(paths, probs, labels, frame_dirs, metrics):
-    """Write scores, samples, per-class and confusion files, then the metrics JSON (last)."""
-    num_classes = probs.shape[1]
-    write_pickle_atomic(paths["scores"], [row.copy() for row in probs])
-    write_text_atomic(paths["samples"], _table_csv(["frame_dir", "label"], zip(map(str, frame_dirs), map(int, labels))))
-    support, correct, accuracy = per_class_accuracy(probs, labels)
-    rows = [[c, int(support[c]), int(correct[c]), "" if np.isnan(accuracy[c]) else repr(float(accuracy[c]))]
-            for c in range(num_classes)]
-    write_text_atomic(paths["per_class"], _table_csv(["class", "support", "correct", "accuracy"], rows))
-    cm = confusion_matrix(np.argmax(probs, axis=1), labels, num_classes)
-    buf = io.BytesIO()
-    np.save(buf, cm)
-    write_bytes_atomic(paths["confusion_npy"], buf.getvalue())
-    cm_rows = [[c, *cm[c].tolist()] for c in range(num_classes)]
-    write_text_atomic(paths["confusion_csv"], _table_csv(["true\\pred", *range(num_classes)], cm_rows))
-    write_json_atomic(paths["metrics"], metrics)
-
-
 def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_clips=10, batch_size=8,
                         num_workers=2, device=None, amp=None, hparams=None, progress_seconds=10.0):
     """Test ``checkpoint`` on store ``data``'s ``SPLIT_val``; write the outputs; return the metrics dict.
@@ -132,7 +84,7 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
     ``hparams``: for checkpoints without our config (PYSKL's), hyper-parameters (overrides of the
     defaults) whose ``model`` and ``clip_len`` are used (default: PYSKL's full-size model, clip_len 100).
     """
-    from msg3d.data import SkeletonDataset
+    from msg3d.data.dataset import SkeletonDataset
     from msg3d.models import build_model
 
     if num_clips < 1 or batch_size < 1 or num_workers < 0:
@@ -165,13 +117,9 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
     probs = predict(model, loader, device, amp,
                     progress=lambda i: bar.update(i, f"testing {len(ds)} samples x {num_clips} clips"))
     labels = np.asarray(ds.labels, dtype=np.int64)
-    top1, top5 = top_k_accuracy(probs, labels, (1, 5))
-    paths = output_paths(out, metrics_path)
+    paths = sibling_paths(out, metrics_path)
     metrics = {
-        "top1": top1,
-        "top5": top5,
-        "mean_class_accuracy": mean_class_accuracy(probs, labels),
-        "num_samples": int(len(labels)),
+        **summary_metrics(probs, labels),
         "num_classes": int(probs.shape[1]),
         "num_clips": num_clips,
         "clip_len": hp["clip_len"],
@@ -185,9 +133,9 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
         "config": config,
         "device": device.type,
         "amp": amp,
-        "outputs": {k: str(v) for k, v in paths.items()},
+        "outputs": paths.as_strings(),
     }
-    write_outputs(paths, probs, labels, ds.frame_dirs, metrics)
+    write_scores(out, probs, ds.frame_dirs, labels, metrics, metrics_path)
     return metrics
 
 

@@ -7,7 +7,7 @@ Three subcommands:
 * ``confusion``: the row-normalised confusion matrix of one scores pickle (a stream's or a fusion's);
 * ``per-class``: per-class top-1 accuracy of several scores pickles side by side.
 
-A scores pickle is read with the ``<stem>_samples.csv`` beside it (``msg3d.fusion.load_stream``).
+A scores pickle is read with the ``<stem>_samples.csv`` beside it (``msg3d.scores.read_scores``).
 Plots use matplotlib's Agg backend, a fixed SVG hash salt and no date, so the same inputs give
 byte-identical files.
 """
@@ -22,10 +22,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
-from msg3d.cli import parse_named_paths  # noqa: E402
-from msg3d.fusion import load_stream  # noqa: E402
+from msg3d.report import parse_named_paths  # noqa: E402
 from msg3d.fileio import atomic_path  # noqa: E402
 from msg3d.metrics import confusion_matrix, per_class_accuracy  # noqa: E402
+from msg3d.scores import read_scores  # noqa: E402
 
 # Fixed ids inside the SVG and no timestamp: reruns give the same bytes.
 matplotlib.rcParams["svg.hashsalt"] = "msg3d"
@@ -116,7 +116,7 @@ def plot_curves(runs, out, title=None):
 
 def plot_confusion(scores_path, out, title=None):
     """Row-normalised confusion matrix (true class x predicted class) of one scores pickle."""
-    probs, _, labels = load_stream(scores_path)
+    probs, _, labels = read_scores(scores_path)
     k = probs.shape[1]
     cm = confusion_matrix(np.argmax(probs, axis=1), labels, k)
     rows = cm.sum(axis=1, keepdims=True)
@@ -146,7 +146,7 @@ def plot_per_class(scores, out, title=None):
     """Per-class top-1 accuracy of several scores pickles ``{name: path}``, as grouped bars."""
     accuracy = {}
     for name, path in scores.items():
-        probs, _, labels = load_stream(path)
+        probs, _, labels = read_scores(path)
         accuracy[name] = per_class_accuracy(probs, labels)[2]
     sizes = {len(a) for a in accuracy.values()}
     if len(sizes) != 1:

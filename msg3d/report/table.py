@@ -17,14 +17,12 @@ fusion files also hold ``weights``. Nothing time-dependent is written: the same 
 same bytes.
 """
 
-import csv
-import io
 import json
 from pathlib import Path
 
 import yaml
 
-from msg3d.fileio import write_text_atomic
+from msg3d.fileio import write_csv_atomic, write_text_atomic
 
 # entry key -> column title, in the published table's order
 COLUMNS = {
@@ -207,22 +205,18 @@ def format_markdown(rows, reference_source=None):
     return "\n".join(lines) + "\n"
 
 
-def format_csv(rows):
-    """Every metric, one line per (row, entry), as CSV text."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(CSV_FIELDS)
+def csv_rows(rows):
+    """Every metric, one CSV row (``CSV_FIELDS``) per (row, entry)."""
     for row in rows:
         for entry, e in row["entries"].items():
             pub = e["pyskl_top1"]
-            writer.writerow([
+            yield [
                 row["dataset"], row["split"], row["annotation"], entry, COLUMNS.get(entry, entry), e["source"],
                 " ".join(f"{name}:{w:g}" for name, w in _ordered(e["weights"])) if e["weights"] else "",
                 e["num_samples"], f"{e['top1']:.2f}", f"{e['top5']:.2f}", f"{e['mean_class_accuracy']:.2f}",
                 "" if pub is None else f"{pub:.1f}", "" if pub is None else f"{e['top1'] - pub:+.2f}",
                 e["metrics_file"],
-            ])
-    return buf.getvalue()
+            ]
 
 
 def write_table(spec, reference_path, out_md, out_csv):
@@ -230,7 +224,7 @@ def write_table(spec, reference_path, out_md, out_csv):
     reference = load_reference(reference_path) if reference_path else None
     rows = collect(spec, reference)
     write_text_atomic(out_md, format_markdown(rows, reference.get("source") if reference else None))
-    write_text_atomic(out_csv, format_csv(rows))
+    write_csv_atomic(out_csv, CSV_FIELDS, csv_rows(rows))
     return rows
 
 

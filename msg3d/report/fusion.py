@@ -3,105 +3,24 @@
 PYSKL's recipe, which this reproduces: each stream's test result is already a list of softmaxed,
 clip-averaged probability vectors; the fused score of a sample is the weighted sum of its streams'
 vectors, with no further softmax or normalisation (two-stream = 1 J : 1 B, four-stream =
-2 J : 2 B : 1 JM : 1 BM). A *stream* here is the ``SCORES.pkl`` written by ``msg3d test`` plus the
-``<stem>_samples.csv`` beside it (columns ``frame_dir,label`` in score order), which lets fusion
-refuse streams that do not cover the same samples in the same order.
+2 J : 2 B : 1 JM : 1 BM). A *stream* is the ``SCORES.pkl`` written by ``msg3d test`` with the
+``<stem>_samples.csv`` beside it (format: ``msg3d.scores``), which lets fusion refuse streams that
+do not cover the same samples in the same order.
 
 The optional weight search (``--search``) is **not** a PYSKL number: it splits the samples into
 two class-stratified halves, picks the weights on one half and reports metrics on the other half
 only, and its JSON says so.
 """
 
-import csv
 import itertools
 import math
-import pickle
 from pathlib import Path
 
 import numpy as np
 
-from msg3d.cli import parse_named_paths
-from msg3d.fileio import write_json_atomic, write_pickle_atomic, write_text_atomic
-from msg3d.metrics import mean_class_accuracy, top_k_accuracy
-
-
-def samples_path(scores_path):
-    """The ``<stem>_samples.csv`` that ``msg3d test`` writes beside ``SCORES.pkl``."""
-    scores_path = Path(scores_path)
-    return scores_path.with_name(scores_path.stem + "_samples.csv")
-
-
-def read_samples(path):
-    """Read a ``frame_dir,label`` CSV; return ``(frame_dirs, labels)`` (list of str, int array)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: sample list not found (msg3d test writes it beside the scores)")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    if not rows or rows[0] != ["frame_dir", "label"]:
-        got = ",".join(rows[0]) if rows else "an empty file"
-        raise ValueError(f"{path}: line 1: expected the header 'frame_dir,label', got {got!r}")
-    frame_dirs, labels = [], []
-    for line, row in enumerate(rows[1:], start=2):
-        if len(row) != 2:
-            raise ValueError(f"{path}: line {line}: expected 2 fields (frame_dir,label), got {len(row)}")
-        try:
-            labels.append(int(row[1]))
-        except ValueError:
-            raise ValueError(f"{path}: line {line}: label {row[1]!r} of sample {row[0]} is not an integer") from None
-        frame_dirs.append(row[0])
-    return frame_dirs, np.asarray(labels, dtype=np.int64)
-
-
-def load_stream(scores_path):
-    """Load one stream: ``(probs (N, K) float64, frame_dirs, labels)``.
-
-    ``probs`` comes from the pickled list of per-sample probability vectors (PYSKL's result.pkl
-    format); the samples from ``<stem>_samples.csv``. Their counts must agree.
-    """
-    scores_path = Path(scores_path)
-    if not scores_path.exists():
-        raise FileNotFoundError(f"{scores_path}: scores file not found")
-    with open(scores_path, "rb") as f:
-        raw = pickle.load(f)
-    try:
-        probs = np.stack([np.asarray(p, dtype=np.float64).reshape(-1) for p in raw])
-    except ValueError as err:
-        raise ValueError(f"{scores_path}: expected a list of equal-length probability vectors ({err})") from None
-    frame_dirs, labels = read_samples(samples_path(scores_path))
-    if len(frame_dirs) != len(probs):
-        raise ValueError(
-            f"{scores_path}: {len(probs)} score vectors but {len(frame_dirs)} samples in {samples_path(scores_path)}"
-        )
-    return probs, frame_dirs, labels
-
-
-def check_same_samples(streams):
-    """Raise a ValueError unless all streams list the same samples (and labels) in the same order.
-
-    ``streams`` maps name -> ``(path, frame_dirs, labels)``; the first stream is the reference.
-    """
-    (ref_name, (ref_path, ref_dirs, ref_labels)), *others = streams.items()
-    for name, (path, dirs, labels) in others:
-        if len(dirs) != len(ref_dirs):
-            raise ValueError(
-                f"streams {ref_name!r} and {name!r} cover different samples: {len(ref_dirs)} in {ref_path}, "
-                f"{len(dirs)} in {path}"
-            )
-        for i, (a, b) in enumerate(zip(ref_dirs, dirs)):
-            if a != b:
-                raise ValueError(
-                    f"streams {ref_name!r} and {name!r} list different samples or a different order: sample {i} "
-                    f"(line {i + 2} of the sample lists) is {a} in {samples_path(ref_path)} but {b} in "
-                    f"{samples_path(path)}"
-                )
-        bad = np.flatnonzero(labels != ref_labels)
-        if bad.size:
-            i = int(bad[0])
-            raise ValueError(
-                f"streams {ref_name!r} and {name!r} disagree on the label of sample {ref_dirs[i]} "
-                f"(line {i + 2}): {ref_labels[i]} in {samples_path(ref_path)}, {labels[i]} in {samples_path(path)}"
-            )
+from msg3d.report import parse_named_paths
+from msg3d.fileio import write_json_atomic
+from msg3d.scores import check_same_samples, read_scores, summary_metrics, write_scores
 
 
 def fuse_scores(scores, weights):
@@ -124,17 +43,6 @@ def fuse_scores(scores, weights):
     for name in sorted(scores):  # fixed order: the same bytes whatever order the streams came in
         fused += float(weights[name]) * scores[name]
     return fused
-
-
-def metrics(scores, labels):
-    """top-1, top-5 and mean-class accuracy (fractions), with PYSKL's definitions (msg3d.metrics)."""
-    top1, top5 = top_k_accuracy(scores, labels, (1, 5))
-    return {
-        "top1": float(top1),
-        "top5": float(top5),
-        "mean_class_accuracy": float(mean_class_accuracy(scores, labels)),
-        "num_samples": int(len(labels)),
-    }
 
 
 def stratified_halves(labels, seed):
@@ -174,7 +82,7 @@ def search_weights(scores, labels, grid, seed=0):
             continue
         weights = dict(zip(names, combo))
         fused = fuse_scores(scores, weights)
-        m = metrics(fused[select], labels[select])
+        m = summary_metrics(fused[select], labels[select])
         # a weighted mean of probability vectors is one too: its log-likelihood breaks accuracy ties
         p_true = fused[select, labels[select]] / sum(combo)
         key = (m["top1"], m["mean_class_accuracy"], float(np.mean(np.log(np.maximum(p_true, 1e-12)))))
@@ -185,40 +93,41 @@ def search_weights(scores, labels, grid, seed=0):
     return {
         "weights": weights,
         "select": select_metrics,
-        "evaluate": metrics(fused[evaluate], labels[evaluate]),
+        "evaluate": summary_metrics(fused[evaluate], labels[evaluate]),
     }
 
 
-def _write_samples(path, frame_dirs, labels):
-    lines = ["frame_dir,label"] + [f"{d},{int(y)}" for d, y in zip(frame_dirs, labels)]
-    write_text_atomic(path, "\n".join(lines) + "\n")
+def _read_streams(score_paths):
+    """Read the streams ``{name: SCORES.pkl}``, checked to list the same samples:
+    ``({name: probs (N, K)}, frame_dirs, labels)``."""
+    loaded = {name: read_scores(path) for name, path in score_paths.items()}
+    check_same_samples({name: (score_paths[name], d, y) for name, (_, d, y) in loaded.items()})
+    _, frame_dirs, labels = next(iter(loaded.values()))
+    return {name: p for name, (p, _, _) in loaded.items()}, frame_dirs, labels
 
 
 def fuse_files(score_paths, weights, out_json, out_scores=None, scheme=None):
     """Fuse the streams ``{name: SCORES.pkl}`` with ``{name: weight}``; write the metrics JSON.
 
-    With ``out_scores`` the fused probabilities are also written as a PYSKL-style result pickle
-    (list of per-sample vectors) with its ``<stem>_samples.csv``, so it can be read like a stream.
+    With ``out_scores`` the fused scores are also written as a stream (``msg3d.scores.write_scores``:
+    float32 pickle + ``<stem>_samples.csv``), which plots and a further fusion read like any other.
     Returns the JSON content.
     """
-    loaded = {name: load_stream(path) for name, path in score_paths.items()}
-    check_same_samples({name: (score_paths[name], d, y) for name, (_, d, y) in loaded.items()})
-    scores = {name: p for name, (p, _, _) in loaded.items()}
-    _, frame_dirs, labels = next(iter(loaded.values()))
+    scores, frame_dirs, labels = _read_streams(score_paths)
     fused = fuse_scores(scores, weights)
     result = {
         "scheme": scheme,
         "method": "weighted sum of clip-averaged probabilities (PYSKL recipe)",
         "weights": {name: weights[name] for name in sorted(weights)},
         "streams": {
-            name: {"scores": str(score_paths[name]), **metrics(scores[name], labels)} for name in sorted(scores)
+            name: {"scores": str(score_paths[name]), **summary_metrics(scores[name], labels)}
+            for name in sorted(scores)
         },
         "num_classes": int(fused.shape[1]),
-        **metrics(fused, labels),
+        **summary_metrics(fused, labels),
     }
     if out_scores is not None:
-        write_pickle_atomic(out_scores, [row for row in fused])
-        _write_samples(samples_path(out_scores), frame_dirs, labels)
+        write_scores(out_scores, fused, frame_dirs, labels)
     write_json_atomic(out_json, result)
     return result
 
@@ -228,10 +137,7 @@ def search_files(score_paths, grid, out_json, seed=0, scheme=None):
 
     Its ``top1``/``top5``/``mean_class_accuracy`` are those of the evaluation half only.
     """
-    loaded = {name: load_stream(path) for name, path in score_paths.items()}
-    check_same_samples({name: (score_paths[name], d, y) for name, (_, d, y) in loaded.items()})
-    scores = {name: p for name, (p, _, _) in loaded.items()}
-    _, _, labels = next(iter(loaded.values()))
+    scores, _, labels = _read_streams(score_paths)
     found = search_weights(scores, labels, grid, seed)
     result = {
         "scheme": scheme,
