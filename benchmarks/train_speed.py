@@ -44,7 +44,7 @@ def measure_step(impl, amp, compile_model, device_name, batch, frames, iters, wa
     import torch
     import torch.nn.functional as F
 
-    from msg3d.engine.evaluate import autocast
+    from msg3d.engine.device import autocast
     from msg3d.engine.schedule import build_optimizer
     from msg3d.models import build_model
 

@@ -81,12 +81,10 @@ def read_epochs(path, drop_timing=True):
     """epochs.csv rows as dicts of strings (timing columns dropped: they are wall-clock)."""
     import csv
 
-    from msg3d.engine.train import TIMING_COLUMNS
-
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if drop_timing:
-        rows = [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
+        rows = [{k: v for k, v in row.items() if k not in ("seconds", "samples_per_s")} for row in rows]
     return rows
 
 

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from msg3d.engine.hparams import DEFAULTS, load_hparams, resolve_hparams, scaled_lr
-from msg3d.engine.train import config_differences, prepare_run_dir
+from msg3d.engine.hparams import HParams, ModelHParams, hparams_help, load_hparams, resolve_hparams
+from msg3d.engine.run_dir import config_differences, prepare_run_dir
 
 
 def test_defaults_are_pyskl_recipe():
-    hp = resolve_hparams()
-    assert hp == DEFAULTS
+    hp = resolve_hparams().to_dict()
+    assert resolve_hparams() == HParams()
     assert {k: hp[k] for k in ("epochs", "repeat", "batch_size", "lr", "lr_batch", "momentum", "nesterov",
                                "weight_decay", "clip_len", "val_clips", "num_workers")} == {
         "epochs": 16, "repeat": 5, "batch_size": 16, "lr": 0.1, "lr_batch": 128, "momentum": 0.9,
@@ -20,9 +20,9 @@ def test_defaults_are_pyskl_recipe():
 
 def test_model_dict_is_merged_over_defaults():
     hp = resolve_hparams({"epochs": 2, "model": {"base_channels": 12}})
-    assert hp["epochs"] == 2
-    assert hp["model"] == {"base_channels": 12, "num_gcn_scales": 13, "num_g3d_scales": 6}
-    assert DEFAULTS["model"]["base_channels"] == 96  # defaults untouched
+    assert hp.epochs == 2
+    assert hp.model == ModelHParams(base_channels=12, num_gcn_scales=13, num_g3d_scales=6)
+    assert HParams().model.base_channels == 96  # defaults untouched
 
 
 @pytest.mark.parametrize(
@@ -50,14 +50,14 @@ def test_load_from_yaml_json_file_and_string(tmp_path):
     yaml_file = tmp_path / "hp.yaml"
     yaml_file.write_text("epochs: 3\nlr: 1e-3\nmodel:\n  num_gcn_scales: 3\n")  # PyYAML reads 1e-3 as text
     hp = load_hparams(yaml_file)
-    assert (hp["epochs"], hp["lr"], hp["model"]["num_gcn_scales"]) == (3, 0.001, 3)
+    assert (hp.epochs, hp.lr, hp.model.num_gcn_scales) == (3, 0.001, 3)
     json_file = tmp_path / "hp.json"
     json_file.write_text(json.dumps({"batch_size": 8}))
-    assert load_hparams(json_file)["batch_size"] == 8
-    assert load_hparams(json_text='{"repeat": 1}')["repeat"] == 1
-    assert load_hparams() == DEFAULTS
+    assert load_hparams(json_file).batch_size == 8
+    assert load_hparams(json_text='{"repeat": 1}').repeat == 1
+    assert load_hparams() == HParams()
     (tmp_path / "empty.yaml").write_text("")
-    assert load_hparams(tmp_path / "empty.yaml") == DEFAULTS
+    assert load_hparams(tmp_path / "empty.yaml") == HParams()
 
 
 def test_load_errors_name_the_source(tmp_path):
@@ -76,20 +76,20 @@ def test_load_errors_name_the_source(tmp_path):
 
 def test_linear_scaling_rule():
     hp = resolve_hparams()
-    assert scaled_lr(hp, 1) == pytest.approx(0.0125, rel=1e-15)  # PYSKL README: 1 GPU x 16 -> 0.0125
-    assert scaled_lr(hp, 8) == pytest.approx(0.1, rel=1e-15)
-    assert scaled_lr(resolve_hparams({"batch_size": 8, "lr": 0.2, "lr_batch": 64}), 2) == pytest.approx(0.05)
+    assert hp.scaled_lr(1) == pytest.approx(0.0125, rel=1e-15)  # PYSKL README: 1 GPU x 16 -> 0.0125
+    assert hp.scaled_lr(8) == pytest.approx(0.1, rel=1e-15)
+    assert resolve_hparams({"batch_size": 8, "lr": 0.2, "lr_batch": 64}).scaled_lr(2) == pytest.approx(0.05)
 
 
 def _config(**changes):
-    config = {"hparams": resolve_hparams(), "seed": 7, "data": {"store": "/s", "split": "xsub"}}
+    config = {"hparams": resolve_hparams().to_dict(), "seed": 7, "data": {"store": "/s", "split": "xsub"}}
     config.update(changes)
     return config
 
 
 def test_config_differences_list_dotted_keys():
     old = _config()
-    new = _config(hparams=resolve_hparams({"epochs": 3, "model": {"base_channels": 12}}))
+    new = _config(hparams=resolve_hparams({"epochs": 3, "model": {"base_channels": 12}}).to_dict())
     assert config_differences(old, new) == [
         "hparams.epochs: 16 -> 3",
         "hparams.model.base_channels: 96 -> 12",
@@ -98,7 +98,7 @@ def test_config_differences_list_dotted_keys():
 
 def test_run_dir_refuses_a_changed_config_unless_forced(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(_config()))
-    changed = _config(hparams=resolve_hparams({"epochs": 3}))
+    changed = _config(hparams=resolve_hparams({"epochs": 3}).to_dict())
     with pytest.raises(ValueError, match=r"different config.*\n  hparams.epochs: 16 -> 3"):
         prepare_run_dir(tmp_path, changed, seed_given=True, resume=False, force=False)
     assert prepare_run_dir(tmp_path, changed, seed_given=True, resume=False, force=True) == (changed, None)
@@ -122,7 +122,7 @@ def test_resume_needs_checkpoint_and_same_config(tmp_path):
     _, resume_from = prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=False)
     assert resume_from == tmp_path / "latest.pth"
     with pytest.raises(ValueError, match=r"(?s)--resume: the config differs.*hparams.lr: 0.1 -> 0.2"):
-        prepare_run_dir(tmp_path, _config(hparams=resolve_hparams({"lr": 0.2})), seed_given=False, resume=True,
+        prepare_run_dir(tmp_path, _config(hparams=resolve_hparams({"lr": 0.2}).to_dict()), seed_given=False, resume=True,
                         force=False)
 
 
@@ -140,7 +140,7 @@ def test_auto_resume_resumes_only_a_checkpoint_with_the_same_config(tmp_path, ca
     assert f"--auto-resume: {latest} has the same config; resuming" in capsys.readouterr().err
     # the recorded seed is reused without --seed, as for --resume
     assert decide(_config(seed=99)) == (_config(), latest)
-    changed = _config(hparams=resolve_hparams({"lr": 0.05, "epochs": 3}))
+    changed = _config(hparams=resolve_hparams({"lr": 0.05, "epochs": 3}).to_dict())
     assert decide(changed) == (changed, None)
     assert (f"--auto-resume: config differs from {config_path}: hparams.epochs: 16 -> 3; hparams.lr: 0.1 -> 0.05; "
             f"starting fresh") in capsys.readouterr().err
@@ -148,3 +148,10 @@ def test_auto_resume_resumes_only_a_checkpoint_with_the_same_config(tmp_path, ca
     assert decide(_config()) == (_config(), None)
     assert f"--auto-resume: no readable {config_path} to compare the config with; starting fresh" in (
         capsys.readouterr().err)
+
+
+def test_help_table_lists_every_hyper_parameter_with_its_default():
+    table = hparams_help().splitlines()
+    names = [line.split()[0] for line in table]
+    assert names == [*(k for k in HParams().to_dict() if k != "model"), *(f"model.{k}" for k in HParams().to_dict()["model"])]
+    assert any(line.split()[:2] == ["lr", "0.1"] and line.endswith("(> 0)") for line in table)

@@ -24,7 +24,9 @@ from msg3d.engine.evaluate import predict
 from msg3d.engine.hparams import resolve_hparams
 from msg3d.engine.loader import ResumableSampler, eval_loader, merge_rank_outputs, seed_worker
 from msg3d.engine.schedule import cosine_lr
-from msg3d.engine.train import EPOCH_COLUMNS, NonFiniteLossError, state_checksum, train
+from msg3d.engine.loop import NonFiniteLossError
+from msg3d.engine.saver import EPOCH_COLUMNS
+from msg3d.engine.train import state_checksum, train
 from msg3d.metrics import mean_class_accuracy, top_k_accuracy
 from msg3d.models import build_model
 from msg3d.provenance import code_digest
@@ -165,7 +167,7 @@ def test_worker_seeding_is_pyskls():
 def test_run_outputs_and_learning(reference_run, tiny_store):
     config = json.loads((reference_run / "config.json").read_text())
     assert config["seed"] == REFERENCE_SEED
-    assert config["hparams"] == resolve_hparams(REFERENCE)
+    assert config["hparams"] == resolve_hparams(REFERENCE).to_dict()
     assert config["data"]["store"] == str(Path(tiny_store).resolve())
     assert (config["data"]["train_split"], config["data"]["val_split"]) == ("tiny_train", "tiny_val")
     assert config["data"]["meta"]["modality"] == "j"
@@ -330,7 +332,7 @@ def _val_top1s(monkeypatch, values):
             raise Interrupted
         return [value, 1.0]
 
-    monkeypatch.setattr("msg3d.engine.train.top_k_accuracy", fake_top_k_accuracy)
+    monkeypatch.setattr("msg3d.engine.loop.top_k_accuracy", fake_top_k_accuracy)
 
 
 @pytest.mark.slow

@@ -16,7 +16,6 @@ Torch-free.
 
 import collections
 import pickle
-import sys
 from pathlib import Path
 
 import numpy as np

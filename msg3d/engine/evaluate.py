@@ -1,21 +1,11 @@
 """Clip-averaged class probabilities over a loader (validation during training, and ``msg3d test``)."""
 
-import contextlib
-
 import numpy as np
 import torch
 
+from msg3d.engine.device import autocast
 from msg3d.engine.distributed import all_gather_objects
 from msg3d.engine.loader import merge_rank_outputs
-
-
-def autocast(device, amp):
-    """bf16 autocast when ``amp == 'bf16'``, else a no-op context."""
-    if amp is None:
-        return contextlib.nullcontext()
-    if amp != "bf16":
-        raise ValueError(f"unsupported --amp {amp!r}; only 'bf16' is supported")
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 @torch.no_grad()

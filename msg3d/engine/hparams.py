@@ -1,134 +1,155 @@
-"""Training hyper-parameters: PYSKL's MS-G3D recipe as defaults (REFERENCE §5), validated.
+"""Training hyper-parameters: PYSKL's MS-G3D recipe as defaults (REFERENCE §5), defined once here.
 
-A run's hyper-parameters are the defaults below with a user's YAML/JSON mapping merged over them
-(``model`` is merged key by key). Unknown keys, wrong types and out-of-range values are errors that
-name the key, so a typo never silently trains with a default.
+``HParams`` is the one source of every name, default, bound and description: ``msg3d train``
+and ``msg3d test`` read it, ``msg3d train --help`` prints its table (``hparams_help``), and the
+workflow resolves its ``train:`` config through it, so a bad value fails when Snakemake parses
+the config. A run's hyper-parameters are the defaults with a user's mapping (YAML/JSON file,
+JSON string or the workflow config) merged over them, ``model`` key by key. Unknown keys, wrong
+types and out-of-range values are errors that name the key, so a typo never silently trains with
+a default.
 
-Keys beyond the recipe: ``log_interval`` (iterations between ``log.jsonl`` lines and progress
+Keys beyond PYSKL's recipe: ``log_interval`` (iterations between ``log.jsonl`` lines and progress
 lines; PYSKL logs every 100) and ``checkpoint_interval`` (also write ``latest.pth`` every that many
 iterations; 0 = only at the end of each epoch, as PYSKL).
 """
 
-import copy
+import dataclasses
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-DEFAULTS = {
-    "epochs": 16,
-    "repeat": 5,
-    "batch_size": 16,  # per process
-    "lr": 0.1,  # for a global batch of lr_batch; scaled linearly with the actual global batch
-    "lr_batch": 128,
-    "momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 5e-4,
-    "clip_len": 100,
-    "val_clips": 1,
-    "num_workers": 2,
-    "log_interval": 100,
-    "checkpoint_interval": 0,
-    "model": {"base_channels": 96, "num_gcn_scales": 13, "num_g3d_scales": 6},
-}
 
-# key -> (kind, minimum, whether the minimum itself is allowed)
-_RULES = {
-    "epochs": ("int", 1, True),
-    "repeat": ("int", 1, True),
-    "batch_size": ("int", 1, True),
-    "lr": ("float", 0.0, False),
-    "lr_batch": ("int", 1, True),
-    "momentum": ("float", 0.0, True),
-    "nesterov": ("bool", None, None),
-    "weight_decay": ("float", 0.0, True),
-    "clip_len": ("int", 1, True),
-    "val_clips": ("int", 1, True),
-    "num_workers": ("int", 0, True),
-    "log_interval": ("int", 1, True),
-    "checkpoint_interval": ("int", 0, True),
-    "model.base_channels": ("int", 1, True),
-    "model.num_gcn_scales": ("int", 1, True),
-    "model.num_g3d_scales": ("int", 1, True),
-}
+def _param(default, help, minimum=None, above=False):
+    """A field with its description and lower bound (``above``: the bound itself is excluded)."""
+    return field(default=default, metadata={"help": help, "minimum": minimum, "above": above})
 
 
-def _coerce(name, value, kind, minimum, inclusive):
-    if kind == "bool":
+@dataclass(frozen=True)
+class ModelHParams:
+    """Width and depth of MS-G3D (PYSKL's defaults)."""
+
+    base_channels: int = _param(96, "channels of the first block (doubled twice across the network)", 1)
+    num_gcn_scales: int = _param(13, "hop scales of the multi-scale GCN", 1)
+    num_g3d_scales: int = _param(6, "hop scales of the G3D (space-time window) graph convolution", 1)
+
+    def __post_init__(self):
+        _validate(self, "model.")
+
+
+@dataclass(frozen=True)
+class HParams:
+    """PYSKL's MS-G3D recipe for 8 GPUs x 16 samples; validated on construction (ValueError)."""
+
+    epochs: int = _param(16, "epochs (each is `repeat` passes over the training split)", 1)
+    repeat: int = _param(5, "passes over the training split per epoch (PYSKL's RepeatDataset times)", 1)
+    batch_size: int = _param(16, "samples per batch and process (GPU)", 1)
+    lr: float = _param(0.1, "initial learning rate for a global batch of lr_batch (cosine to 0 per iteration)",
+                       0.0, above=True)
+    lr_batch: int = _param(128, "global batch size that lr is given for (scaled linearly to the real one)", 1)
+    momentum: float = _param(0.9, "SGD momentum (< 1)", 0.0)
+    nesterov: bool = _param(True, "Nesterov momentum")
+    weight_decay: float = _param(5e-4, "L2 weight decay on all parameters", 0.0)
+    clip_len: int = _param(100, "frames per sampled clip (UniformSample clip_len)", 1)
+    val_clips: int = _param(1, "clips per sample for the per-epoch validation", 1)
+    num_workers: int = _param(2, "data-loader worker processes per training process", 0)
+    log_interval: int = _param(100, "iterations between log.jsonl lines and progress lines", 1)
+    checkpoint_interval: int = _param(0, "also write latest.pth every this many iterations (0: epoch ends only)", 0)
+    model: ModelHParams = field(default_factory=ModelHParams, metadata={"help": "model width and depth"})
+
+    def __post_init__(self):
+        _validate(self, "")
+        if self.momentum >= 1:
+            raise ValueError(f"hyper-parameter 'momentum' must be < 1, got {self.momentum!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("hyper-parameter 'nesterov' needs a momentum > 0")
+
+    def to_dict(self):
+        """Plain nested dict (what config.json and checkpoints record)."""
+        return dataclasses.asdict(self)
+
+    def scaled_lr(self, world_size):
+        """The learning rate actually used: linear scaling to the global batch (PYSKL README)."""
+        return self.lr * self.batch_size * world_size / self.lr_batch
+
+
+def _coerce(name, value, kind):
+    if kind is bool:
         if not isinstance(value, bool):
             raise ValueError(f"hyper-parameter {name!r} must be true or false, got {value!r}")
         return value
-    if kind == "int":
+    if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"hyper-parameter {name!r} must be an integer, got {value!r}")
-    else:
-        # PyYAML reads "1e-3" (no dot) as a string; accept any number spelled as text.
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ValueError(f"hyper-parameter {name!r} must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"hyper-parameter {name!r} must be a number, got {value!r}")
-        value = float(value)
-        if not math.isfinite(value):
-            raise ValueError(f"hyper-parameter {name!r} must be finite, got {value!r}")
-    if value < minimum or (value == minimum and not inclusive):
-        bound = ">=" if inclusive else ">"
-        raise ValueError(f"hyper-parameter {name!r} must be {bound} {minimum}, got {value!r}")
+        return value
+    # PyYAML reads "1e-3" (no dot) as a string; accept any number spelled as text.
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"hyper-parameter {name!r} must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"hyper-parameter {name!r} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"hyper-parameter {name!r} must be finite, got {value!r}")
     return value
 
 
+def _validate(params, prefix):
+    """Coerce and bound-check every scalar field of a frozen dataclass (in place, via __setattr__)."""
+    kinds = {"int": int, "float": float, "bool": bool}
+    for f in dataclasses.fields(params):
+        kind = kinds.get(f.type if isinstance(f.type, str) else f.type.__name__)
+        if kind is None:
+            continue
+        name = prefix + f.name
+        value = _coerce(name, getattr(params, f.name), kind)
+        minimum, above = f.metadata["minimum"], f.metadata["above"]
+        if minimum is not None and (value < minimum or (above and value == minimum)):
+            raise ValueError(f"hyper-parameter {name!r} must be {'>' if above else '>='} {minimum}, got {value!r}")
+        object.__setattr__(params, f.name, value)
+
+
+def _known(cls, prefix=""):
+    return ", ".join(prefix + f.name for f in dataclasses.fields(cls))
+
+
 def resolve_hparams(overrides=None):
-    """Return a full, validated hyper-parameter dict: ``overrides`` merged over ``DEFAULTS``."""
+    """``HParams`` from a mapping of overrides (None: the defaults); an ``HParams`` is returned as is."""
+    if isinstance(overrides, HParams):
+        return overrides
     overrides = {} if overrides is None else overrides
     if not isinstance(overrides, dict):
         raise ValueError(f"hyper-parameters must be a mapping of names to values, got {type(overrides).__name__}")
-    hp = copy.deepcopy(DEFAULTS)
-    for key, value in overrides.items():
-        if key not in DEFAULTS:
-            raise ValueError(f"unknown hyper-parameter {key!r}; known: {', '.join(sorted(DEFAULTS))}")
-        if key == "model":
-            if not isinstance(value, dict):
-                raise ValueError(f"hyper-parameter 'model' must be a mapping, got {value!r}")
-            for sub, subvalue in value.items():
-                if sub not in DEFAULTS["model"]:
-                    raise ValueError(
-                        f"unknown hyper-parameter 'model.{sub}'; known: "
-                        + ", ".join(f"model.{k}" for k in sorted(DEFAULTS["model"]))
-                    )
-                hp["model"][sub] = subvalue
-        else:
-            hp[key] = value
-    for name, rule in _RULES.items():
-        if name.startswith("model."):
-            sub = name.split(".", 1)[1]
-            hp["model"][sub] = _coerce(name, hp["model"][sub], *rule)
-        else:
-            hp[name] = _coerce(name, hp[name], *rule)
-    if hp["momentum"] >= 1:
-        raise ValueError(f"hyper-parameter 'momentum' must be < 1, got {hp['momentum']!r}")
-    if hp["nesterov"] and hp["momentum"] == 0:
-        raise ValueError("hyper-parameter 'nesterov' needs a momentum > 0")
-    return hp
+    names = {f.name for f in dataclasses.fields(HParams)}
+    for key in overrides:
+        if key not in names:
+            raise ValueError(f"unknown hyper-parameter {key!r}; known: {_known(HParams)}")
+    model = overrides.get("model", {})
+    if not isinstance(model, dict):
+        raise ValueError(f"hyper-parameter 'model' must be a mapping, got {model!r}")
+    model_names = {f.name for f in dataclasses.fields(ModelHParams)}
+    for key in model:
+        if key not in model_names:
+            raise ValueError(f"unknown hyper-parameter 'model.{key}'; known: {_known(ModelHParams, 'model.')}")
+    return HParams(**{**overrides, "model": ModelHParams(**model)})
 
 
 def load_hparams(path=None, json_text=None):
     """Read user hyper-parameters from a YAML/JSON file or a JSON string and resolve them."""
     if path is not None and json_text is not None:
         raise ValueError("give either a hyper-parameter file or a JSON string, not both")
-    overrides = None
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"hyper-parameter file not found: {path}")
         try:
-            overrides = yaml.safe_load(path.read_text(encoding="utf-8"))
+            overrides = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             raise ValueError(f"cannot parse hyper-parameter file {path}: {exc}") from None
-        if overrides is None:
-            overrides = {}
         where = f" in {path}"
     elif json_text is not None:
         try:
@@ -137,13 +158,21 @@ def load_hparams(path=None, json_text=None):
             raise ValueError(f"cannot parse --hparams-json {json_text!r}: {exc}") from None
         where = " in --hparams-json"
     else:
-        return resolve_hparams()
+        return HParams()
     try:
         return resolve_hparams(overrides)
     except ValueError as exc:
         raise ValueError(f"{exc}{where}") from None
 
 
-def scaled_lr(hp, world_size):
-    """The learning rate actually used: linear scaling to the global batch (PYSKL README)."""
-    return hp["lr"] * hp["batch_size"] * world_size / hp["lr_batch"]
+def hparams_help():
+    """The hyper-parameter table (name, default, bound, description) for ``msg3d train --help``."""
+    lines = []
+    for cls, prefix in ((HParams, ""), (ModelHParams, "model.")):
+        for f in dataclasses.fields(cls):
+            if f.name == "model":
+                continue
+            minimum, above = f.metadata["minimum"], f.metadata["above"]
+            bound = "" if minimum is None else f" ({'>' if above else '>='} {minimum:g})"
+            lines.append(f"  {prefix + f.name:<24}{f.default!r:<8}{f.metadata['help']}{bound}")
+    return "\n".join(lines)

@@ -12,7 +12,7 @@ default, or the ``model``/``clip_len`` of ``--hparams``). The number of classes,
 the channel count come from the store; a checkpoint that does not fit them is refused.
 """
 
-import sys
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +20,10 @@ import torch
 
 from msg3d.checkpoint import load_checkpoint, read_checkpoint, strip_wrapper_prefixes
 from msg3d.data.store import open_store
+from msg3d.engine.device import check_amp, resolve_device
 from msg3d.engine.evaluate import predict
 from msg3d.engine.hparams import load_hparams, resolve_hparams
 from msg3d.engine.progress import Progress
-from msg3d.engine.train import resolve_device
 from msg3d.fileio import sha256_file
 from msg3d.scores import sibling_paths, summary_metrics, write_scores
 
@@ -90,8 +90,7 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
     if num_clips < 1 or batch_size < 1 or num_workers < 0:
         raise ValueError("num_clips and batch_size must be >= 1, num_workers >= 0")
     device = resolve_device(device)
-    if amp is not None and amp != "bf16":
-        raise ValueError(f"unsupported --amp {amp!r}; only 'bf16' is supported")
+    check_amp(amp)
     store = open_store(data)
     split_name = eval_split_name(store, data, split)
     meta = store.meta
@@ -102,15 +101,15 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
         if hparams is not None:
             raise ValueError(f"{checkpoint} carries its training config; --hparams is only for checkpoints without "
                              "one (e.g. PYSKL's)")
-        hp = config["hparams"]
+        hp = resolve_hparams(config["hparams"])
     else:
         hp = resolve_hparams(hparams)
-    model_hp = hp["model"]
+    model_hp = dataclasses.asdict(hp.model)
     model = build_model(meta["num_classes"], layout=meta["layout"], in_channels=meta["channels"], **model_hp)
     load_checkpoint(model, ckpt)
     model.to(device)
 
-    ds = SkeletonDataset(data, split_name, clip_len=hp["clip_len"], num_clips=num_clips, test_mode=True)
+    ds = SkeletonDataset(data, split_name, clip_len=hp.clip_len, num_clips=num_clips, test_mode=True)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          pin_memory=device.type == "cuda")
     bar = Progress(len(loader), min_seconds=progress_seconds)
@@ -122,7 +121,7 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
         **summary_metrics(probs, labels),
         "num_classes": int(probs.shape[1]),
         "num_clips": num_clips,
-        "clip_len": hp["clip_len"],
+        "clip_len": hp.clip_len,
         "model": model_hp,
         "split": split_name,
         "data": str(Path(data).resolve()),
