@@ -113,8 +113,12 @@ def _validate(params, prefix):
         object.__setattr__(params, f.name, value)
 
 
-def _known(cls, prefix=""):
-    return ", ".join(prefix + f.name for f in dataclasses.fields(cls))
+def _check_known(cls, keys, prefix=""):
+    """ValueError naming the first of ``keys`` that is no field of ``cls``."""
+    names = [prefix + f.name for f in dataclasses.fields(cls)]
+    for key in keys:
+        if prefix + key not in names:
+            raise ValueError(f"unknown hyper-parameter {prefix + key!r}; known: {', '.join(names)}")
 
 
 def resolve_hparams(overrides=None):
@@ -124,17 +128,11 @@ def resolve_hparams(overrides=None):
     overrides = {} if overrides is None else overrides
     if not isinstance(overrides, dict):
         raise ValueError(f"hyper-parameters must be a mapping of names to values, got {type(overrides).__name__}")
-    names = {f.name for f in dataclasses.fields(HParams)}
-    for key in overrides:
-        if key not in names:
-            raise ValueError(f"unknown hyper-parameter {key!r}; known: {_known(HParams)}")
+    _check_known(HParams, overrides)
     model = overrides.get("model", {})
     if not isinstance(model, dict):
         raise ValueError(f"hyper-parameter 'model' must be a mapping, got {model!r}")
-    model_names = {f.name for f in dataclasses.fields(ModelHParams)}
-    for key in model:
-        if key not in model_names:
-            raise ValueError(f"unknown hyper-parameter 'model.{key}'; known: {_known(ModelHParams, 'model.')}")
+    _check_known(ModelHParams, model, "model.")
     return HParams(**{**overrides, "model": ModelHParams(**model)})
 
 
