@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from msg3d.data.modality import MODALITIES
+from msg3d.data.splits import SPLIT_NAMES
 from msg3d.provenance import code_digest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -98,6 +100,18 @@ def test_snakefmt_check_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+# --------------------------------------------------------------------------- the schema
+
+
+def test_schema_enums_are_msg3ds_names():
+    """The schema's $defs restate two lists of msg3d (JSON Schema cannot import them): the
+    modalities, and the NTU benchmarks (the X of the X_train split names), in msg3d's order."""
+    defs = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["$defs"]
+    benchmarks = [n.removesuffix("_train") for names in SPLIT_NAMES.values() for n in names if n.endswith("_train")]
+    assert defs["modality"]["enum"] == list(MODALITIES)
+    assert defs["split"]["enum"] == list(dict.fromkeys(benchmarks))
+
+
 # --------------------------------------------------------------------------- the DAG
 
 
@@ -129,13 +143,22 @@ def test_given_checkpoints_are_tested_instead_of_trained(tmp_path):
     assert {"results/train/demo/xsub/jm/best.pth", "results/train/demo/xsub/jm/epochs.csv"} <= outputs
 
 
+def checkpoint_of_an_unused_modality(config):
+    config.update(modalities=["j", "b"])
+    config["datasets"]["demo"]["checkpoints"] = {"xsub": {"jm": "resources/jm.pth"}}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "update, message",
     [
         (lambda c: c["train"].update(lr_typo=1), "('lr_typo' was unexpected)"),
-        (lambda c: c.update(streams=["j", "b"], fusion={"x": {"j": 1, "bm": 1}}), "fusion.x: streams ['bm']"),
+        (
+            lambda c: c.update(modalities=["j", "b"], fusion={"x": {"j": 1, "bm": 1}}),
+            "fusion.x: modalities ['bm'] are not in modalities ['j', 'b']",
+        ),
         (lambda c: c["datasets"]["demo"].update(splits=["xset"]), "demo.splits: ['xset'] not defined for ntu60"),
+        (checkpoint_of_an_unused_modality, "demo.checkpoints.xsub: modalities ['jm'] are not in modalities ['j', 'b']"),
     ],
 )
 def test_config_errors_are_caught_at_parse_time(tmp_path, update, message):
@@ -173,7 +196,7 @@ def test_end_to_end_demo(tmp_path):
     results = root / "results"
     table = (results / "model_zoo.md").read_text()
     assert "| demo | xsub | 3D skeleton |" in table
-    assert (results / "model_zoo.csv").read_text().count("\ndemo,xsub,3dkp,") == 7  # 4 streams, 2s, 4s, search
+    assert (results / "model_zoo.csv").read_text().count("\ndemo,xsub,3dkp,") == 7  # 4 modalities, 2s, 4s, search
     plots = results / "plots" / "demo" / "xsub"
     for name in ("curves", "per_class", "confusion_j", "confusion_4s"):
         assert (plots / f"{name}.svg").stat().st_size > 1000
@@ -192,15 +215,15 @@ def test_end_to_end_demo(tmp_path):
     assert not {"make_demo", "convert_ntu", "derive"} & set(stats)
     (root / "config" / "config.yaml").write_text(config)
 
-    # an edit to the bone code reruns the bone streams (b, bm) and what depends on them only
-    modality = root / "msg3d" / "data" / "bone.py"
-    source = modality.read_text()
-    modality.write_text(re.sub(r"(\ndef joint_to_bone\(.*\):\n)", r"\1    # edited\n", source, count=1))
+    # an edit to the bone code reruns the bone modalities (b, bm) and what depends on them only
+    bone = root / "msg3d" / "data" / "bone.py"
+    source = bone.read_text()
+    bone.write_text(re.sub(r"(\ndef joint_to_bone\(.*\):\n)", r"\1    # edited\n", source, count=1))
     planned = planned_outputs(snakemake(root, "-n", "all").stdout)
     assert {"results/stores/demo/b", "results/stores/demo/bm", "results/train/demo/xsub/bm/epochs.csv"} <= planned
     assert not {p for p in planned if re.search(r"/(j|jm)(/|\.pkl$|$)|confusion_(j|jm)\.svg", p)}, planned
     assert "results/fusion/demo/xsub/2s.json" in planned and "results/model_zoo.md" in planned
-    modality.write_text(source)
+    bone.write_text(source)
 
     # an edit to the table code reruns the table only
     table_code = root / "msg3d" / "report" / "table.py"
@@ -219,15 +242,15 @@ def test_end_to_end_demo(tmp_path):
     # (best.pth, epochs.csv) but not latest.pth, so a run with the same config resumes from it (here
     # at its end: nothing is trained again, the outputs are rebuilt), and one without it starts over.
     # The same config and seed give the same table and plots, byte for byte.
-    for stream in ("jm", "bm"):
-        (results / "train" / "demo" / "xsub" / stream / "latest.pth").unlink()
+    for modality in ("jm", "bm"):
+        (results / "train" / "demo" / "xsub" / modality / "latest.pth").unlink()
     snakemake(root, "--forcerun", "train", "--", "all")
     logs = root / "logs" / "train" / "demo" / "xsub"
-    for stream in ("j", "b"):
-        assert "--auto-resume: " in (log := (logs / f"{stream}.log").read_text())
+    for modality in ("j", "b"):
+        assert "--auto-resume: " in (log := (logs / f"{modality}.log").read_text())
         assert "has the same config; resuming" in log and re.search(r"at iteration (\d+)/\1 \(", log), log
-    for stream in ("jm", "bm"):
-        assert "no checkpoint" in (log := (logs / f"{stream}.log").read_text()) and "starting fresh" in log, log
+    for modality in ("jm", "bm"):
+        assert "no checkpoint" in (log := (logs / f"{modality}.log").read_text()) and "starting fresh" in log, log
     for path, content in first.items():
         assert (results / path).read_bytes() == content, path
     # the digest the engine records is the one Snakemake tracks for the train rule

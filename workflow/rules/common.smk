@@ -1,24 +1,34 @@
-# Config validation, the code digests, and the helpers that turn the config into paths, params and
-# targets. No rules here (the linter wants functions and rules apart).
+# Config validation, the artefact paths, the code digests, and the get_* helpers that turn the
+# config into inputs, params and targets. Functions only: the linter wants them apart from rules.
 
 import json
 import os
+import re
 import shlex
-from pathlib import Path
 
 from snakemake.utils import validate
 
 validate(config, "../schemas/config.schema.yaml")
 
-# layout of each annotation kind, and the benchmarks each NTU release defines
-LAYOUTS = {"3dkp": "nturgb+d", "hrnet": "coco"}
-NTU_SPLITS = {"ntu60": ["xsub", "xview"], "ntu120": ["xsub", "xset"]}
+# --------------------------------------------------------------------------- names (from msg3d)
+
+# the skeleton layout of each annotation kind
+ANNOTATION_LAYOUTS = {"3dkp": NTU_RGBD.name, "hrnet": COCO.name}
+# the benchmarks of each NTU release: the X of its X_train / X_val split names
+NTU_BENCHMARKS = {
+    ntu: [name.removesuffix("_train") for name in names if name.endswith("_train")]
+    for ntu, names in SPLIT_NAMES.items()
+}
+BENCHMARKS = list(dict.fromkeys(b for names in NTU_BENCHMARKS.values() for b in names))
+
+# --------------------------------------------------------------------------- the config
+
 DATASETS = config["datasets"]
-STREAMS = config["streams"]
+CONFIG_MODALITIES = config["modalities"]
 SCHEMES = config["fusion"]
 SEARCH = "search"  # scheme name of the weight search (fusion_search)
-# everything with a scores pickle: the streams and the fixed-weight fusion schemes
-ENTRIES = [*STREAMS, *SCHEMES]
+# everything with a scores pickle: the modalities and the fixed-weight fusion schemes
+ENTRIES = [*CONFIG_MODALITIES, *SCHEMES]
 # Train and test jobs. On a GPU (device null or cuda): one GPU slot each (the profile caps the
 # slots) and up to 8 torch threads, but never more than the machine has, so `--cores 8` on a
 # 2-core laptop does not oversubscribe it (Snakemake exports OMP_NUM_THREADS={threads}).
@@ -35,10 +45,11 @@ def _check_config():
     """Cross-key checks the schema cannot express; a clear error at parse time."""
     for name, ds in DATASETS.items():
         where = f"config: datasets.{name}"
-        bad = [s for s in ds["splits"] if s not in NTU_SPLITS[ds["ntu"]]]
+        benchmarks = NTU_BENCHMARKS[ds["ntu"]]
+        bad = [s for s in ds["splits"] if s not in benchmarks]
         if bad:
             raise ValueError(
-                f"{where}.splits: {bad} not defined for {ds['ntu']} (use {NTU_SPLITS[ds['ntu']]})"
+                f"{where}.splits: {bad} not defined for {ds['ntu']} (use {benchmarks})"
             )
         if ds["source"] != "demo" and not ds["path"]:
             raise ValueError(f"{where}.path: required for source {ds['source']}")
@@ -52,21 +63,21 @@ def _check_config():
             raise ValueError(
                 f"{where}.annotation: raw .skeleton files hold 3D joints (3dkp)"
             )
-        for split, streams in ds["checkpoints"].items():
+        for split, modalities in ds["checkpoints"].items():
             if split not in ds["splits"]:
                 raise ValueError(
                     f"{where}.checkpoints.{split}: not one of the dataset's splits {ds['splits']}"
                 )
-            bad = [s for s in streams if s not in STREAMS]
+            bad = [m for m in modalities if m not in CONFIG_MODALITIES]
             if bad:
                 raise ValueError(
-                    f"{where}.checkpoints.{split}: streams {bad} are not in streams {STREAMS}"
+                    f"{where}.checkpoints.{split}: modalities {bad} are not in modalities {CONFIG_MODALITIES}"
                 )
     for scheme, weights in SCHEMES.items():
-        bad = [s for s in weights if s not in STREAMS]
+        bad = [m for m in weights if m not in CONFIG_MODALITIES]
         if bad:
             raise ValueError(
-                f"config: fusion.{scheme}: streams {bad} are not in streams {STREAMS}"
+                f"config: fusion.{scheme}: modalities {bad} are not in modalities {CONFIG_MODALITIES}"
             )
         if not any(weights.values()):
             raise ValueError(f"config: fusion.{scheme}: all weights are zero")
@@ -87,6 +98,56 @@ def choice(names):
     return "|".join(sorted(names, key=len, reverse=True)) or "(?!)"
 
 
+def quoted_pairs(pairs):
+    """``name=path`` shell words for msg3d's ``--scores``/``--runs`` options, each quoted."""
+    return " ".join(shlex.quote(f"{name}={file}") for name, file in pairs)
+
+
+# --------------------------------------------------------------------------- artefact paths
+
+# The path pattern of every artefact, each written once. Rules name their outputs `path("scores")`
+# (the wildcards stay); helpers fill them in, `path("scores", **wildcards)`. The files beside a
+# scores pickle (<stem>_samples.csv, ...) are msg3d.scores' to name (see `sibling`). Logs and
+# benchmarks are written only where they are made, in their one rule each.
+PATHS = {
+    "skeletons": "results/demo/{dataset}/skeletons",
+    "annotations": "results/annotations/{dataset}/annotations.pkl",
+    "skipped": "results/annotations/{dataset}/skipped.tsv",
+    "store": "results/stores/{dataset}/{modality}",
+    # a training run's folder: {checkpoint} is latest or best; latest.pth is no declared output
+    "checkpoint": "results/train/{dataset}/{split}/{modality}/{checkpoint}.pth",
+    "epochs": "results/train/{dataset}/{split}/{modality}/epochs.csv",
+    "downloaded": "resources/checkpoints/{dataset}/{split}/{modality}.pth",
+    "scores": "results/test/{dataset}/{split}/{modality}/scores.pkl",
+    "metrics": "results/test/{dataset}/{split}/{modality}/metrics.json",
+    "fused_metrics": "results/fusion/{dataset}/{split}/{scheme}.json",
+    "fused_scores": "results/fusion/{dataset}/{split}/{scheme}.pkl",
+    "table_md": "results/model_zoo.md",
+    "table_csv": "results/model_zoo.csv",
+    "curves": "results/plots/{dataset}/{split}/curves.svg",
+    "confusion": "results/plots/{dataset}/{split}/confusion_{entry}.svg",
+    "per_class": "results/plots/{dataset}/{split}/per_class.svg",
+}
+
+
+def path(name, **wildcards):
+    """PATHS[name] with the given wildcards filled in and the others left as they are; names the
+    pattern lacks are ignored, so any job's `**wildcards` may be passed."""
+    return re.sub(r"{(\w+)}", lambda m: str(wildcards.get(m[1], m[0])), PATHS[name])
+
+
+def sibling(scores, kind):
+    """The ``kind`` file (samples, per_class, confusion_csv, ...) that msg3d.scores puts beside the
+    scores pickle ``scores`` (a path or a pattern)."""
+    return str(getattr(sibling_paths(scores), kind))
+
+
+def with_samples(scores):
+    """The scores pickles ``scores``, then their sample lists: what `msg3d fuse` and `msg3d plot`
+    read of a scores file."""
+    return [*scores, *(sibling(s, "samples") for s in scores)]
+
+
 # --------------------------------------------------------------------------- code digests
 
 
@@ -98,7 +159,7 @@ def get_code(command, modality=None):
 
 def get_derive_code(wildcards):
     """A derive job's code digest holds only the bone/motion operators its modality runs."""
-    return get_code("derive", wildcards.stream)
+    return get_code("derive", wildcards.modality)
 
 
 # --------------------------------------------------------------------------- data
@@ -111,24 +172,12 @@ SKELETON_DATASETS = [
 PYSKL_DATASETS = [n for n, d in DATASETS.items() if d["source"] == "pyskl"]
 
 
-def annotation_source(wildcards):
+def get_skeletons(wildcards):
     """convert_ntu's input: the demo folder, or the raw folder (ancient: adding files does not rerun)."""
     ds = DATASETS[wildcards.dataset]
     if ds["source"] == "demo":
-        return f"results/demo/{wildcards.dataset}/skeletons"
+        return path("skeletons", **wildcards)
     return ancient(ds["path"])
-
-
-def pyskl_source(wildcards):
-    return DATASETS[wildcards.dataset]["path"]
-
-
-def ntu_release(wildcards):
-    return DATASETS[wildcards.dataset]["ntu"]
-
-
-def layout(wildcards):
-    return LAYOUTS[DATASETS[wildcards.dataset]["annotation"]]
 
 
 # --------------------------------------------------------------------------- train / test
@@ -137,12 +186,27 @@ TRAIN_HPARAMS = canonical(config["train"])
 DEVICE_ARG = f"--device {config['device']}" if config["device"] else ""
 
 
+def get_launcher(wildcards, resources):
+    """How the train job starts Python: with more than one GPU granted (e.g. set-resources in a
+    cluster profile), torchrun runs DDP inside the one job. A cap below the request scales the
+    grant down, to 0 under `--resources gpu=0`: that is plain python."""
+    gpus = int(resources.gpu)
+    if gpus > 1:
+        return f"torchrun --standalone --nproc-per-node {gpus}"
+    return "python"
+
+
+def get_run_dir(wildcards, output):
+    """The training run folder, which holds the train job's outputs (and latest.pth, not an output)."""
+    return os.path.dirname(output.epochs)
+
+
 def given_checkpoint(wildcards):
-    """The checkpoint the config names for this dataset/split/stream, or None (train it)."""
+    """The checkpoint the config names for this dataset/split/modality, or None (train it)."""
     return (
         DATASETS[wildcards.dataset]["checkpoints"]
         .get(wildcards.split, {})
-        .get(wildcards.stream)
+        .get(wildcards.modality)
     )
 
 
@@ -150,96 +214,60 @@ def is_url(location):
     return location.startswith(("http://", "https://"))
 
 
-def run_dir(wildcards, output):
-    """The training run folder, which holds the train job's outputs (and latest.pth, not an output)."""
-    return str(Path(output.epochs).parent)
-
-
-def run_file(dataset, split, stream, name):
-    return f"results/train/{dataset}/{split}/{stream}/{name}"
-
-
-def test_weights(wildcards):
+def get_test_weights(wildcards):
     """The test's checkpoint input: the train job's outputs, a local .pth, or a downloaded one."""
     given = given_checkpoint(wildcards)
     if given is None:
         # with `checkpoint: latest` they stand for latest.pth, which the job writes but cannot declare
         return [
-            run_file(wildcards.dataset, wildcards.split, wildcards.stream, name)
-            for name in ("best.pth", "epochs.csv")
+            path("checkpoint", checkpoint="best", **wildcards),
+            path("epochs", **wildcards),
         ]
     if is_url(given):
-        return "resources/checkpoints/{dataset}/{split}/{stream}.pth".format(
-            **wildcards
-        )
+        return path("downloaded", **wildcards)
     return given
 
 
-def test_checkpoint(wildcards):
+def get_test_checkpoint(wildcards):
     """The .pth file that `msg3d test` loads (inside the run folder when trained here)."""
     if given_checkpoint(wildcards) is None:
-        which = config["test"]["checkpoint"]
-        return run_file(
-            wildcards.dataset, wildcards.split, wildcards.stream, f"{which}.pth"
-        )
-    return test_weights(wildcards)
+        return path("checkpoint", checkpoint=config["test"]["checkpoint"], **wildcards)
+    return get_test_weights(wildcards)
 
 
-def checkpoint_url(wildcards):
+def get_checkpoint_url(wildcards):
     given = given_checkpoint(wildcards)
     if given is None or not is_url(given):
         raise ValueError(
-            f"no checkpoint URL configured for {wildcards.dataset} {wildcards.split} {wildcards.stream}"
+            f"no checkpoint URL configured for {wildcards.dataset} {wildcards.split} {wildcards.modality}"
         )
     return given
-
-
-def stream_scores(dataset, split, stream):
-    return f"results/test/{dataset}/{split}/{stream}/scores.pkl"
 
 
 # --------------------------------------------------------------------------- fusion
 
 
-def scheme_streams(scheme):
-    return sorted(config["streams"]) if scheme == SEARCH else sorted(SCHEMES[scheme])
+def fused_modalities(scheme):
+    """The modalities a scheme fuses: its weights' keys, or all of them for the search."""
+    return sorted(CONFIG_MODALITIES) if scheme == SEARCH else sorted(SCHEMES[scheme])
 
 
-def fusion_inputs(wildcards, scheme=None):
-    """Scores and sample lists of the streams a scheme fuses."""
-    scheme = scheme or wildcards.scheme
-    stems = [
-        f"results/test/{wildcards.dataset}/{wildcards.split}/{s}/scores"
-        for s in scheme_streams(scheme)
-    ]
+def fused_score_files(wildcards):
+    """(modality, scores pickle) of the modalities the job's scheme fuses (fuse_search jobs have
+    no {scheme} wildcard: theirs is the search)."""
     return [
-        *(f"{stem}.pkl" for stem in stems),
-        *(f"{stem}_samples.csv" for stem in stems),
+        (m, path("scores", modality=m, **wildcards))
+        for m in fused_modalities(wildcards.get("scheme", SEARCH))
     ]
 
 
-def search_inputs(wildcards):
-    return fusion_inputs(wildcards, SEARCH)
+def get_fusion_inputs(wildcards):
+    """Scores and sample lists of the modalities the scheme fuses."""
+    return with_samples([scores for _, scores in fused_score_files(wildcards)])
 
 
-def scores_args(dataset, split, streams):
-    return " ".join(
-        shlex.quote(f"{s}={stream_scores(dataset, split, s)}") for s in streams
-    )
-
-
-def fusion_scores(wildcards):
-    return scores_args(
-        wildcards.dataset, wildcards.split, scheme_streams(wildcards.scheme)
-    )
-
-
-def search_scores(wildcards):
-    return scores_args(wildcards.dataset, wildcards.split, scheme_streams(SEARCH))
-
-
-def fusion_weights(wildcards):
-    return canonical(SCHEMES[wildcards.scheme])
+def get_fusion_scores(wildcards):
+    return quoted_pairs(fused_score_files(wildcards))
 
 
 SEARCH_GRID = ",".join(str(g) for g in sorted(set(config["fusion_search"]["grid"])))
@@ -257,19 +285,20 @@ def table_rows():
     rows = []
     for name, ds in DATASETS.items():
         for split in ds["splits"]:
+            at = dict(dataset=name, split=split)
             results = {}
-            for stream in STREAMS:
-                results[stream] = {
-                    "metrics": f"results/test/{name}/{split}/{stream}/metrics.json",
+            for modality in CONFIG_MODALITIES:
+                results[modality] = {
+                    "metrics": path("metrics", modality=modality, **at),
                     "source": (
                         "pretrained"
-                        if stream in ds["checkpoints"].get(split, {})
+                        if modality in ds["checkpoints"].get(split, {})
                         else "trained"
                     ),
                 }
             for scheme in fused_schemes():
                 results[scheme] = {
-                    "metrics": f"results/fusion/{name}/{split}/{scheme}.json",
+                    "metrics": path("fused_metrics", scheme=scheme, **at),
                     "source": "fusion",
                 }
             reference = (
@@ -289,97 +318,68 @@ def table_rows():
 
 TABLE_SPEC = canonical(table_rows())
 REFERENCE_TABLE = "config/model_zoo_reference.yaml"
+USES_REFERENCE = any(ds["reference"] for ds in DATASETS.values())
 
 
-def table_inputs(wildcards):
+def get_table_inputs(wildcards):
     files = [
         item["metrics"] for row in table_rows() for item in row["results"].values()
     ]
-    if any(ds["reference"] for ds in DATASETS.values()):
-        files.append(REFERENCE_TABLE)
-    return files
+    return [*files, *([REFERENCE_TABLE] if USES_REFERENCE else [])]
 
 
-def reference_arg(wildcards):
-    return (
-        f"--reference {REFERENCE_TABLE}"
-        if REFERENCE_TABLE in table_inputs(wildcards)
-        else ""
-    )
+def get_reference_arg(wildcards):
+    return f"--reference {shlex.quote(REFERENCE_TABLE)}" if USES_REFERENCE else ""
 
 
-def trained_streams(dataset, split):
+def trained_modalities(dataset, split):
+    checkpoints = DATASETS[dataset]["checkpoints"].get(split, {})
+    return [m for m in CONFIG_MODALITIES if m not in checkpoints]
+
+
+def trained_epochs(wildcards):
+    """(modality, epochs.csv) of each modality trained here."""
     return [
-        s for s in STREAMS if s not in DATASETS[dataset]["checkpoints"].get(split, {})
+        (m, path("epochs", modality=m, **wildcards))
+        for m in trained_modalities(wildcards.dataset, wildcards.split)
     ]
 
 
-def curve_inputs(wildcards):
-    return [
-        run_file(wildcards.dataset, wildcards.split, s, "epochs.csv")
-        for s in trained_streams(wildcards.dataset, wildcards.split)
-    ]
+def get_curve_inputs(wildcards):
+    return [epochs for _, epochs in trained_epochs(wildcards)]
 
 
-def curve_runs(wildcards):
-    return " ".join(
-        shlex.quote(
-            f"{s}={run_file(wildcards.dataset, wildcards.split, s, 'epochs.csv')}"
-        )
-        for s in trained_streams(wildcards.dataset, wildcards.split)
-    )
+def get_curve_runs(wildcards):
+    return quoted_pairs(trained_epochs(wildcards))
 
 
-def scores_file(dataset, split, entry):
-    """The scores pickle of a stream or a fixed-weight fusion scheme."""
+def scores_file(wildcards, entry):
+    """The scores pickle of a modality or a fixed-weight fusion scheme."""
     if entry in SCHEMES:
-        return f"results/fusion/{dataset}/{split}/{entry}.pkl"
-    return stream_scores(dataset, split, entry)
+        return path("fused_scores", scheme=entry, **wildcards)
+    return path("scores", modality=entry, **wildcards)
 
 
-def confusion_scores(wildcards):
-    return scores_file(wildcards.dataset, wildcards.split, wildcards.entry)
+def get_confusion_inputs(wildcards):
+    return with_samples([scores_file(wildcards, wildcards.entry)])
 
 
-def confusion_inputs(wildcards):
-    stem = confusion_scores(wildcards)[: -len(".pkl")]
-    return [f"{stem}.pkl", f"{stem}_samples.csv"]
+def get_per_class_inputs(wildcards):
+    return with_samples([scores_file(wildcards, e) for e in ENTRIES])
 
 
-def confusion_title(wildcards):
-    return f"{wildcards.dataset} {wildcards.split}: {wildcards.entry}"
+def get_per_class_scores(wildcards):
+    return quoted_pairs((e, scores_file(wildcards, e)) for e in ENTRIES)
 
 
-def per_class_inputs(wildcards):
-    stems = [
-        scores_file(wildcards.dataset, wildcards.split, e)[: -len(".pkl")]
-        for e in ENTRIES
-    ]
-    return [
-        *(f"{stem}.pkl" for stem in stems),
-        *(f"{stem}_samples.csv" for stem in stems),
-    ]
-
-
-def per_class_scores(wildcards):
-    return " ".join(
-        shlex.quote(f"{e}={scores_file(wildcards.dataset, wildcards.split, e)}")
-        for e in ENTRIES
-    )
-
-
-def plot_title(wildcards):
-    return f"{wildcards.dataset} {wildcards.split}"
-
-
-def final_outputs():
-    """The targets of the default rule: the table and, per dataset and split, the plots."""
-    targets = ["results/model_zoo.md", "results/model_zoo.csv"]
+def get_final_output():
+    """The targets of the default target: the table and, per dataset and split, the plots."""
+    targets = [path("table_md"), path("table_csv")]
     for name, ds in DATASETS.items():
         for split in ds["splits"]:
-            plots = f"results/plots/{name}/{split}"
-            if trained_streams(name, split):
-                targets.append(f"{plots}/curves.svg")
-            targets.append(f"{plots}/per_class.svg")
-            targets += [f"{plots}/confusion_{entry}.svg" for entry in ENTRIES]
+            at = dict(dataset=name, split=split)
+            if trained_modalities(name, split):
+                targets.append(path("curves", **at))
+            targets.append(path("per_class", **at))
+            targets += [path("confusion", entry=e, **at) for e in ENTRIES]
     return targets

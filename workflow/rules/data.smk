@@ -3,7 +3,7 @@
 
 rule make_demo:
     output:
-        skeletons=directory("results/demo/{dataset}/skeletons"),
+        skeletons=directory(path("skeletons")),
     log:
         "logs/make_demo/{dataset}.log",
     conda:
@@ -17,18 +17,18 @@ rule make_demo:
         max_frames=config["demo"]["max_frames"],
         code=get_code("make-demo"),
     shell:
-        "python -m msg3d make-demo {output.skeletons} --seed {params.seed}"
+        "python -m msg3d make-demo {output.skeletons:q} --seed {params.seed}"
         " --train-subjects {params.train_subjects} --val-subjects {params.val_subjects}"
         " --replications {params.replications}"
-        " --min-frames {params.min_frames} --max-frames {params.max_frames} > {log} 2>&1"
+        " --min-frames {params.min_frames} --max-frames {params.max_frames} > {log:q} 2>&1"
 
 
 rule convert_ntu:
     input:
-        skeletons=annotation_source,
+        skeletons=get_skeletons,
     output:
-        annotations="results/annotations/{dataset}/annotations.pkl",
-        skipped="results/annotations/{dataset}/skipped.tsv",
+        annotations=path("annotations"),
+        skipped=path("skipped"),
     log:
         "logs/convert_ntu/{dataset}.log",
     wildcard_constraints:
@@ -37,18 +37,18 @@ rule convert_ntu:
         "../../environment.yml"
     threads: 4
     params:
-        ntu=ntu_release,
+        ntu=lookup(dpath="datasets/{dataset}/ntu", within=config),
         code=get_code("convert-ntu"),
     shell:
-        "python -m msg3d convert-ntu {input.skeletons} {output.annotations} --dataset {params.ntu}"
-        " --jobs {threads} > {log} 2>&1"
+        "python -m msg3d convert-ntu {input.skeletons:q} {output.annotations:q} --dataset {params.ntu}"
+        " --jobs {threads} > {log:q} 2>&1"
 
 
 rule import_pyskl:
     input:
-        annotations=pyskl_source,
+        annotations=lookup(dpath="datasets/{dataset}/path", within=config),
     output:
-        annotations="results/annotations/{dataset}/annotations.pkl",
+        annotations=path("annotations"),
     log:
         "logs/import_pyskl/{dataset}.log",
     wildcard_constraints:
@@ -58,21 +58,23 @@ rule import_pyskl:
     params:
         code=get_code("import-pyskl"),
     shell:
-        "python -m msg3d import-pyskl {input.annotations} --out {output.annotations} > {log} 2>&1"
+        "python -m msg3d import-pyskl {input.annotations:q} --out {output.annotations:q} > {log:q} 2>&1"
 
 
 rule derive:
     input:
-        annotations="results/annotations/{dataset}/annotations.pkl",
+        annotations=path("annotations"),
     output:
-        store=directory("results/stores/{dataset}/{stream}"),
+        store=directory(path("store")),
     log:
-        "logs/derive/{dataset}/{stream}.log",
+        "logs/derive/{dataset}/{modality}.log",
     conda:
         "../../environment.yml"
     params:
-        layout=layout,
+        layout=lambda wildcards: ANNOTATION_LAYOUTS[
+            DATASETS[wildcards.dataset]["annotation"]
+        ],
         code=get_derive_code,
     shell:
-        "python -m msg3d derive {input.annotations} {output.store} --layout {params.layout}"
-        " --modality {wildcards.stream} > {log} 2>&1"
+        "python -m msg3d derive {input.annotations:q} {output.store:q} --layout {params.layout}"
+        " --modality {wildcards.modality} > {log:q} 2>&1"

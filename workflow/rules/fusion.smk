@@ -1,40 +1,41 @@
-# Weighted score fusion of the streams (REFERENCE §7), and the optional weight search.
+# Weighted score fusion of the modalities (REFERENCE §7), and the optional weight search.
 
 
 rule fuse:
     input:
-        fusion_inputs,
+        get_fusion_inputs,
     output:
-        metrics="results/fusion/{dataset}/{split}/{scheme}.json",
-        scores="results/fusion/{dataset}/{split}/{scheme}.pkl",
-        samples="results/fusion/{dataset}/{split}/{scheme}_samples.csv",
+        metrics=path("fused_metrics"),
+        scores=path("fused_scores"),
+        samples=sibling(path("fused_scores"), "samples"),
     log:
         "logs/fuse/{dataset}/{split}/{scheme}.log",
     conda:
         "../../environment.yml"
     params:
-        scores=fusion_scores,
-        weights=fusion_weights,
+        scores=get_fusion_scores,
+        weights=lambda wildcards: canonical(SCHEMES[wildcards.scheme]),
         code=get_code("fuse"),
     shell:
         "python -m msg3d fuse --scheme {wildcards.scheme} --scores {params.scores}"
-        " --weights-json {params.weights:q} --out {output.metrics} --out-scores {output.scores} > {log} 2>&1"
+        " --weights-json {params.weights:q} --out {output.metrics:q} --out-scores {output.scores:q} > {log:q} 2>&1"
 
 
 rule fuse_search:
     input:
-        search_inputs,
+        get_fusion_inputs,
     output:
-        metrics="results/fusion/{dataset}/{split}/search.json",
+        metrics=path("fused_metrics", scheme=SEARCH),
     log:
         "logs/fuse_search/{dataset}/{split}.log",
     conda:
         "../../environment.yml"
     params:
-        scores=search_scores,
+        scheme=SEARCH,
+        scores=get_fusion_scores,
         grid=SEARCH_GRID,
         seed=config["fusion_search"]["seed"],
         code=get_code("fuse"),
     shell:
-        "python -m msg3d fuse --scheme search --scores {params.scores} --search {params.grid}"
-        " --seed {params.seed} --out {output.metrics} > {log} 2>&1"
+        "python -m msg3d fuse --scheme {params.scheme} --scores {params.scores} --search {params.grid}"
+        " --seed {params.seed} --out {output.metrics:q} > {log:q} 2>&1"

@@ -3,16 +3,16 @@
 
 rule model_zoo_table:
     input:
-        table_inputs,
+        get_table_inputs,
     output:
         md=report(
-            "results/model_zoo.md",
+            path("table_md"),
             caption="../report/model_zoo.rst",
             category="Model zoo",
             labels={"table": "markdown"},
         ),
         csv=report(
-            "results/model_zoo.csv",
+            path("table_csv"),
             caption="../report/model_zoo.rst",
             category="Model zoo",
             labels={"table": "all metrics (CSV)"},
@@ -23,19 +23,19 @@ rule model_zoo_table:
         "../../environment.yml"
     params:
         spec=TABLE_SPEC,
-        reference=reference_arg,
+        reference=get_reference_arg,
         code=get_code("table"),
     shell:
         "python -m msg3d table --spec-json {params.spec:q} {params.reference}"
-        " --out-md {output.md} --out-csv {output.csv} > {log} 2>&1"
+        " --out-md {output.md:q} --out-csv {output.csv:q} > {log:q} 2>&1"
 
 
 rule plot_curves:
     input:
-        curve_inputs,
+        get_curve_inputs,
     output:
         report(
-            "results/plots/{dataset}/{split}/curves.svg",
+            path("curves"),
             caption="../report/curves.rst",
             category="Training curves",
             labels={"dataset": "{dataset}", "split": "{split}"},
@@ -45,19 +45,19 @@ rule plot_curves:
     conda:
         "../../environment.yml"
     params:
-        runs=curve_runs,
-        title=plot_title,
+        runs=get_curve_runs,
+        title=lambda wildcards: f"{wildcards.dataset} {wildcards.split}",
         code=get_code("plot"),
     shell:
-        "python -m msg3d plot curves --runs {params.runs} --title {params.title:q} --out {output} > {log} 2>&1"
+        "python -m msg3d plot curves --runs {params.runs} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule plot_confusion:
     input:
-        confusion_inputs,
+        get_confusion_inputs,
     output:
         report(
-            "results/plots/{dataset}/{split}/confusion_{entry}.svg",
+            path("confusion"),
             caption="../report/confusion.rst",
             category="Confusion matrices",
             subcategory="{dataset} {split}",
@@ -68,20 +68,20 @@ rule plot_confusion:
     conda:
         "../../environment.yml"
     params:
-        scores=confusion_scores,
-        title=confusion_title,
+        scores=lambda wildcards: scores_file(wildcards, wildcards.entry),
+        title=lambda wildcards: f"{wildcards.dataset} {wildcards.split}: {wildcards.entry}",
         code=get_code("plot"),
     shell:
-        "python -m msg3d plot confusion --scores {params.scores} --title {params.title:q}"
-        " --out {output} > {log} 2>&1"
+        "python -m msg3d plot confusion --scores {params.scores:q} --title {params.title:q}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule plot_per_class:
     input:
-        per_class_inputs,
+        get_per_class_inputs,
     output:
         report(
-            "results/plots/{dataset}/{split}/per_class.svg",
+            path("per_class"),
             caption="../report/per_class.rst",
             category="Per-class accuracy",
             labels={"dataset": "{dataset}", "split": "{split}"},
@@ -91,8 +91,8 @@ rule plot_per_class:
     conda:
         "../../environment.yml"
     params:
-        scores=per_class_scores,
-        title=plot_title,
+        scores=get_per_class_scores,
+        title=lambda wildcards: f"{wildcards.dataset} {wildcards.split}",
         code=get_code("plot"),
     shell:
-        "python -m msg3d plot per-class --scores {params.scores} --title {params.title:q} --out {output} > {log} 2>&1"
+        "python -m msg3d plot per-class --scores {params.scores} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
