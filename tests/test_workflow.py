@@ -1,6 +1,7 @@
 """The Snakemake workflow: lint, the DAG the config asks for, honest code digests, and one
 end-to-end run of the small demo (tests/e2e/config) in a temporary copy of the repository."""
 
+import dataclasses
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import yaml
 
 from msg3d.data.modality import MODALITIES
 from msg3d.data.splits import SPLIT_NAMES
+from msg3d.engine.hparams import HParams, ModelHParams, hparams_help
 from msg3d.provenance import code_digest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,6 +114,26 @@ def test_schema_enums_are_msg3ds_names():
     assert defs["split"]["enum"] == list(dict.fromkeys(benchmarks))
 
 
+def test_schema_train_section_has_the_hparams_names_and_types():
+    """The schema's train: section keeps HParams' names and types (typos fail at parse time); the
+    defaults, bounds and meanings stay in HParams alone."""
+    train = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]["train"]
+    json_type = {"int": "integer", "float": "number", "bool": "boolean"}
+
+    def types(cls):
+        return {f.name: json_type[f.type.__name__] for f in dataclasses.fields(cls) if f.name != "model"}
+
+    assert {k: v["type"] for k, v in train["properties"].items() if k != "model"} == types(HParams)
+    model = train["properties"]["model"]["properties"]
+    assert {k: v["type"] for k, v in model.items()} == types(ModelHParams)
+    assert not [k for k, v in {**train["properties"], **model}.items() if set(v) - {"type", "properties",
+                                                                                  "additionalProperties", "default"}]
+
+
+def test_config_readme_lists_the_hparams_table_of_msg3d_train_help():
+    assert f"```\n{hparams_help()}\n```" in (REPO / "config" / "README.md").read_text()
+
+
 # --------------------------------------------------------------------------- the DAG
 
 
@@ -153,6 +175,8 @@ def checkpoint_of_an_unused_modality(config):
     "update, message",
     [
         (lambda c: c["train"].update(lr_typo=1), "('lr_typo' was unexpected)"),
+        (lambda c: c["train"].update(lr=0), "config: train: hyper-parameter 'lr' must be > 0"),
+        (lambda c: c["train"]["model"].update(base_channels=8.5), "8.5 is not of type 'integer'"),
         (
             lambda c: c.update(modalities=["j", "b"], fusion={"x": {"j": 1, "bm": 1}}),
             "fusion.x: modalities ['bm'] are not in modalities ['j', 'b']",

@@ -167,6 +167,9 @@ def _train(data, split, out, hp, info, resume, auto_resume, force, seed, device,
     store, config, resume_from, train_split, val_split = _decide_run(
         data, split, out, hp, info, resume, auto_resume, force, seed, device, amp, compile_model)
     run_seed = config["seed"]
+    train_ds = SkeletonDataset(data, train_split, clip_len=hp.clip_len, num_clips=1, test_mode=False,
+                               seed=run_seed, repeat=hp.repeat)
+    val_ds = SkeletonDataset(data, val_split, clip_len=hp.clip_len, num_clips=hp.val_clips, test_mode=True)
     say = (lambda msg: print(f"msg3d train: {msg}", file=sys.stderr, flush=True)) if info.is_main else (
         lambda msg: None)
     if info.is_main:
@@ -187,9 +190,6 @@ def _train(data, split, out, hp, info, resume, auto_resume, force, seed, device,
         return build_model(meta["num_classes"], layout=meta["layout"], in_channels=meta["channels"],
                            **dataclasses.asdict(hp.model))
 
-    train_ds = SkeletonDataset(data, train_split, clip_len=hp.clip_len, num_clips=1, test_mode=False,
-                               seed=run_seed, repeat=hp.repeat)
-    val_ds = SkeletonDataset(data, val_split, clip_len=hp.clip_len, num_clips=hp.val_clips, test_mode=True)
     core = new_model().to(device)
     optimizer = build_optimizer(core, hp.scaled_lr(info.world_size), hp.momentum, hp.nesterov, hp.weight_decay)
     pin = device.type == "cuda"

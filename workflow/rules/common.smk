@@ -182,7 +182,12 @@ def get_skeletons(wildcards):
 
 # --------------------------------------------------------------------------- train / test
 
-TRAIN_HPARAMS = canonical(config["train"])
+# The config's train: overrides resolved by msg3d (its defaults and bounds): a bad value fails here.
+try:
+    HPARAMS = resolve_hparams(config["train"])
+except ValueError as exc:
+    raise ValueError(f"config: train: {exc}") from None
+TRAIN_HPARAMS = canonical(HPARAMS.to_dict())
 DEVICE_ARG = f"--device {config['device']}" if config["device"] else ""
 
 

@@ -37,7 +37,7 @@ rule test:
     params:
         checkpoint=get_test_checkpoint,
         num_clips=config["test"]["num_clips"],
-        num_workers=config["train"]["num_workers"],
+        num_workers=HPARAMS.num_workers,
         device=DEVICE_ARG,
         code=get_code("test"),
     shell:
