@@ -12,9 +12,14 @@ runs on import) and the package data files a module names in a string literal
 (``ntu120_missing.txt``). The dispatch through ``python -m msg3d`` (``__main__.py``, ``cli.main``)
 is a dynamic import and not part of a stage's code, so adding a command reruns nothing.
 
-Per-modality precision: the bone and motion operators are modules of their own; a ``derive`` job
-for one modality leaves out the operator modules its modality does not run
-(``MODALITY_OPERATOR_MODULES``), so an edit to the bone code reruns the b and bm stores only.
+Not stage code (``NOT_STAGE_CODE``): the package's ``__init__.py`` (its version string and
+docstring) and this module (the digest's own tool), so a version bump or an edit here reruns
+nothing and does not stop a training from resuming.
+
+Per-modality precision: the bone and motion operators are modules of their own; for one modality
+the walk does not follow ``msg3d.data.modality``'s imports of the operator modules its modality
+does not run (``MODALITY_OPERATOR_MODULES``), so an edit to the bone code reruns the b and bm
+stores only.
 
 Standard library only: the Snakefile imports this module in Snakemake's own interpreter.
 """
@@ -27,8 +32,11 @@ from pathlib import Path
 PACKAGE = "msg3d"
 PACKAGE_DIR = Path(__file__).resolve().parent
 
-# Operator module -> the modalities whose derivation runs it (msg3d.data.modality.derive_modality;
-# tests/test_provenance.py checks this table against what derive_modality really calls).
+NOT_STAGE_CODE = frozenset({PACKAGE, __name__})
+
+# The module that dispatches a modality to its operators (derive_modality), and operator module ->
+# the modalities that run it (tests/test_provenance.py checks this table against the calls).
+MODALITY_DISPATCH = "msg3d.data.modality"
 MODALITY_OPERATOR_MODULES = {
     "msg3d.data.bone": ("b", "bm"),
     "msg3d.data.motion": ("jm", "bm"),
@@ -36,7 +44,8 @@ MODALITY_OPERATOR_MODULES = {
 
 
 def module_file(name):
-    """Source file of the msg3d module ``name`` (``a/b.py`` or ``a/b/__init__.py``), or None."""
+    """Source file of the msg3d module ``name`` (``a/b.py`` or ``a/b/__init__.py``), or None
+    (not a module of the package, or a folder without ``__init__.py``)."""
     parts = name.split(".")
     if parts[0] != PACKAGE:
         return None
@@ -48,36 +57,35 @@ def module_file(name):
 
 
 @functools.lru_cache(maxsize=None)
-def _module_references(name, path, mtime_ns, size):
-    """``(msg3d modules imported, data files named)`` by module ``name`` at ``path``; cached per
-    file version (mtime and size), since the workflow asks for many digests of the same files."""
-    tree = ast.parse(path.read_bytes(), filename=str(path))
-    return frozenset(_imported_modules(name, path, tree)), frozenset(_data_files(path, tree))
-
-
-def _imported_modules(name, path, tree):
-    """msg3d modules that the parsed module ``name`` imports anywhere in its body."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found = set()
-    for node in ast.walk(tree):
+def _parse(name, is_package, source):
+    """``(absolute names imported, short string literals)`` of module ``name``'s ``source``; cached
+    by content, since the workflow asks for many digests of the same files."""
+    package = name if is_package else name.rpartition(".")[0]
+    imported, literals = set(), set()
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
+            imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 base = f"{anchor}.{node.module}" if node.module else anchor
             else:
                 base = node.module
-            found.add(base)
+            imported.add(base)
             # `from package import module` imports the module; `from module import name` a name
-            found.update(f"{base}.{alias.name}" for alias in node.names)
-    return {m for m in found if m.split(".")[0] == PACKAGE and module_file(m) is not None}
+            imported.update(f"{base}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and "\n" not in node.value:
+            literals.add(node.value)
+    return frozenset(imported), frozenset(literals)
 
 
-def _data_files(path, tree):
-    """Non-Python files beside ``path`` that the module names in a string literal."""
+def _references(name, path):
+    """msg3d modules that module ``name`` imports anywhere in its body (module level or inside
+    functions), and the non-Python files beside it that it names in a string literal."""
+    imported, literals = _parse(name, path.name == "__init__.py", path.read_bytes())
+    modules = {m for m in imported if m.split(".")[0] == PACKAGE and module_file(m) is not None}
     beside = {p.name: p for p in path.parent.iterdir() if p.is_file() and p.suffix not in (".py", ".pyc")}
-    return {beside[n.value] for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in beside}
+    return modules, {beside[n] for n in literals if n in beside}
 
 
 def _with_packages(name):
@@ -90,25 +98,28 @@ def code_files(module, modality=None):
     """Sorted files (absolute paths) that the stage module ``module`` (e.g. ``msg3d.engine.train``)
     can run: see the module docstring.
 
-    ``modality`` (derive only: j, b, jm, bm) drops the operator modules that modality does not
+    ``modality`` (derive only: j, b, jm, bm) leaves out the operator modules that modality does not
     run. Raises ValueError for a name that is no msg3d module, SyntaxError for unparsable source.
     """
     if module_file(module) is None:
         raise ValueError(f"{module!r} is not a module of the {PACKAGE} package in {PACKAGE_DIR}")
-    skipped = {m for m, runs in MODALITY_OPERATOR_MODULES.items() if modality is not None and modality not in runs}
+    not_run = {m for m, runs in MODALITY_OPERATOR_MODULES.items() if modality is not None and modality not in runs}
     todo = sorted(_with_packages(module))
     seen, files = set(todo), set()
     while todo:
         name = todo.pop()
         path = module_file(name)
-        stat = path.stat()
-        imported_modules, data_files = _module_references(name, path, stat.st_mtime_ns, stat.st_size)
+        if path is None or name in NOT_STAGE_CODE:
+            continue
+        imported, data_files = _references(name, path)
         files.add(path)
         files |= data_files
-        for imported in imported_modules:
-            for module in _with_packages(imported) - seen - skipped:
-                seen.add(module)
-                todo.append(module)
+        if name == MODALITY_DISPATCH:
+            imported -= not_run
+        for module_name in imported:
+            for new in _with_packages(module_name) - seen:
+                seen.add(new)
+                todo.append(new)
     return tuple(sorted(files))
 
 

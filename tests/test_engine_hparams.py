@@ -69,9 +69,10 @@ def test_load_errors_name_the_source(tmp_path):
         load_hparams(json_text="{epochs: 3")
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_hparams(tmp_path / "missing.yaml")
-    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(ValueError, match="must be a mapping"):
-        load_hparams(tmp_path / "list.yaml")
+    for name, text in (("list.yaml", "- 1\n- 2\n"), ("empty_list.yaml", "[]\n"), ("zero.yaml", "0\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match="must be a mapping"):
+            load_hparams(tmp_path / name)
 
 
 def test_linear_scaling_rule():
@@ -155,3 +156,12 @@ def test_help_table_lists_every_hyper_parameter_with_its_default():
     names = [line.split()[0] for line in table]
     assert names == [*(k for k in HParams().to_dict() if k != "model"), *(f"model.{k}" for k in HParams().to_dict()["model"])]
     assert any(line.split()[:2] == ["lr", "0.1"] and line.endswith("(> 0)") for line in table)
+
+
+def test_constructed_hparams_are_validated_too():
+    assert HParams(model={"base_channels": 8}).model == ModelHParams(base_channels=8)
+    with pytest.raises(ValueError, match="'model.base_channels' must be >= 1"):
+        HParams(model={"base_channels": 0})
+    with pytest.raises(ValueError, match="'momentum' must be < 1"):
+        HParams(momentum=1)
+    assert any(line.split()[0] == "momentum" and line.endswith("(>= 0, < 1)") for line in hparams_help().splitlines())

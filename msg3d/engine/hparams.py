@@ -22,9 +22,10 @@ from pathlib import Path
 import yaml
 
 
-def _param(default, help, minimum=None, above=False):
-    """A field with its description and lower bound (``above``: the bound itself is excluded)."""
-    return field(default=default, metadata={"help": help, "minimum": minimum, "above": above})
+def _param(default, help, minimum=None, above=False, below=None):
+    """A field with its description and bounds: ``minimum`` (excluded itself when ``above``) and
+    ``below``, an excluded maximum."""
+    return field(default=default, metadata={"help": help, "minimum": minimum, "above": above, "below": below})
 
 
 @dataclass(frozen=True)
@@ -49,20 +50,22 @@ class HParams:
     lr: float = _param(0.1, "initial learning rate for a global batch of lr_batch (cosine to 0 per iteration)",
                        0.0, above=True)
     lr_batch: int = _param(128, "global batch size that lr is given for (scaled linearly to the real one)", 1)
-    momentum: float = _param(0.9, "SGD momentum (< 1)", 0.0)
+    momentum: float = _param(0.9, "SGD momentum", 0.0, below=1.0)
     nesterov: bool = _param(True, "Nesterov momentum")
     weight_decay: float = _param(5e-4, "L2 weight decay on all parameters", 0.0)
     clip_len: int = _param(100, "frames per sampled clip (UniformSample clip_len)", 1)
     val_clips: int = _param(1, "clips per sample for the per-epoch validation", 1)
-    num_workers: int = _param(2, "data-loader worker processes per training process", 0)
+    num_workers: int = _param(2, "data-loader worker processes per process (the workflow's tests use it too)", 0)
     log_interval: int = _param(100, "iterations between log.jsonl lines and progress lines", 1)
     checkpoint_interval: int = _param(0, "also write latest.pth every this many iterations (0: epoch ends only)", 0)
     model: ModelHParams = field(default_factory=ModelHParams, metadata={"help": "model width and depth"})
 
     def __post_init__(self):
+        if isinstance(self.model, dict):
+            object.__setattr__(self, "model", ModelHParams(**self.model))
+        if not isinstance(self.model, ModelHParams):
+            raise ValueError(f"hyper-parameter 'model' must be a mapping, got {self.model!r}")
         _validate(self, "")
-        if self.momentum >= 1:
-            raise ValueError(f"hyper-parameter 'momentum' must be < 1, got {self.momentum!r}")
         if self.nesterov and self.momentum == 0:
             raise ValueError("hyper-parameter 'nesterov' needs a momentum > 0")
 
@@ -107,15 +110,17 @@ def _validate(params, prefix):
             continue
         name = prefix + f.name
         value = _coerce(name, getattr(params, f.name), kind)
-        minimum, above = f.metadata["minimum"], f.metadata["above"]
+        minimum, above, below = f.metadata["minimum"], f.metadata["above"], f.metadata["below"]
         if minimum is not None and (value < minimum or (above and value == minimum)):
             raise ValueError(f"hyper-parameter {name!r} must be {'>' if above else '>='} {minimum}, got {value!r}")
+        if below is not None and value >= below:
+            raise ValueError(f"hyper-parameter {name!r} must be < {below}, got {value!r}")
         object.__setattr__(params, f.name, value)
 
 
 def _check_known(cls, keys, prefix=""):
     """ValueError naming the first of ``keys`` that is no field of ``cls``."""
-    names = [prefix + f.name for f in dataclasses.fields(cls)]
+    names = sorted(prefix + f.name for f in dataclasses.fields(cls))
     for key in keys:
         if prefix + key not in names:
             raise ValueError(f"unknown hyper-parameter {prefix + key!r}; known: {', '.join(names)}")
@@ -145,9 +150,11 @@ def load_hparams(path=None, json_text=None):
         if not path.is_file():
             raise FileNotFoundError(f"hyper-parameter file not found: {path}")
         try:
-            overrides = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            overrides = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
             raise ValueError(f"cannot parse hyper-parameter file {path}: {exc}") from None
+        if overrides is None:  # an empty file
+            overrides = {}
         where = f" in {path}"
     elif json_text is not None:
         try:
@@ -170,7 +177,9 @@ def hparams_help():
         for f in dataclasses.fields(cls):
             if f.name == "model":
                 continue
-            minimum, above = f.metadata["minimum"], f.metadata["above"]
-            bound = "" if minimum is None else f" ({'>' if above else '>='} {minimum:g})"
+            minimum, above, below = f.metadata["minimum"], f.metadata["above"], f.metadata["below"]
+            bounds = [f"{'>' if above else '>='} {minimum:g}"] if minimum is not None else []
+            bounds += [f"< {below:g}"] if below is not None else []
+            bound = f" ({', '.join(bounds)})" if bounds else ""
             lines.append(f"  {prefix + f.name:<24}{f.default!r:<8}{f.metadata['help']}{bound}")
     return "\n".join(lines)

@@ -155,6 +155,7 @@ class CheckpointSaver:
     def save_latest(self, state):
         """Write latest.pth with everything a resume at ``state`` needs (collective: every rank)."""
         rng = distmod.all_gather_objects(self.dist_info, capture_rng(self.device))
+        self.latest_iter = state.global_iter  # every rank names the same checkpoint in its errors
         if not self.main:
             return
         batch_size = self.config["hparams"]["batch_size"]
@@ -165,7 +166,6 @@ class CheckpointSaver:
                         meta=self._meta(state, torch_threads=torch.get_num_threads()),
                         scheduler=self.schedule.state_dict(), best_checkpoint=self.best_checkpoint,
                         train_state=resume_state)
-        self.latest_iter = state.global_iter
         self.log.write(type="checkpoint", file="latest.pth", iter=state.global_iter)
 
     def last_good_checkpoint(self):
@@ -175,12 +175,13 @@ class CheckpointSaver:
             return "none written yet"
         return f"{latest} (iteration {self.latest_iter})"
 
-    def end_epoch(self, state, row, val):
-        """After ``state.finish_epoch(row)``: log the validation, save best.pth if the epoch improved
-        on the best val top-1, then latest.pth and epochs.csv (collective: every rank)."""
+    def end_epoch(self, state, row, val, improved):
+        """After ``state.finish_epoch(row)`` (which says whether the epoch ``improved`` on the best val
+        top-1): log the validation, save best.pth if it did, then latest.pth and epochs.csv
+        (collective: every rank)."""
         self.log.write(type="val", epoch=row["epoch"], iter=state.global_iter, top1=row["val_top1"],
                        top5=row["val_top5"], mean_class_accuracy=val and val["mean_class_accuracy"])
-        if state.best["epoch"] == row["epoch"] and self.main:
+        if improved and self.main:
             meta = self._meta(state, epoch=row["epoch"], val_top1=row["val_top1"], val_top5=row["val_top5"])
             save_checkpoint(self.out / "best.pth", self.core, meta=meta)
             self.best_checkpoint = {"meta": meta, "state_dict": {k: v.detach().to("cpu", copy=True)

@@ -101,7 +101,10 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
         if hparams is not None:
             raise ValueError(f"{checkpoint} carries its training config; --hparams is only for checkpoints without "
                              "one (e.g. PYSKL's)")
-        hp = resolve_hparams(config["hparams"])
+        try:
+            hp = resolve_hparams(config["hparams"])
+        except ValueError as exc:
+            raise ValueError(f"checkpoint {checkpoint}: its training config: {exc}") from None
     else:
         hp = resolve_hparams(hparams)
     model_hp = dataclasses.asdict(hp.model)

@@ -231,8 +231,8 @@ def _train(data, split, out, hp, info, resume, auto_resume, force, seed, device,
             state.epoch * iters_per_epoch)) if info.is_main else None)
         say(f"epoch {row['epoch']}/{hp.epochs}: train loss {row['train_loss']:.4f} top1 {row['train_top1']:.4f}"
             f" | val top1 {row['val_top1']:.4f} top5 {row['val_top5']:.4f} | {row['seconds']:.1f} s")
-        state.finish_epoch(row)
-        saver.end_epoch(state, row, val)
+        improved = state.finish_epoch(row)
+        saver.end_epoch(state, row, val, improved)
 
     checksum = state_checksum(core)
     print(f"msg3d train: rank {info.rank} final weights sha256 {checksum}", file=sys.stderr, flush=True)

@@ -110,7 +110,8 @@ def fuse_files(score_paths, weights, out_json, out_scores=None, scheme=None):
     """Fuse the streams ``{name: SCORES.pkl}`` with ``{name: weight}``; write the metrics JSON.
 
     With ``out_scores`` the fused scores are also written as a stream (``msg3d.scores.write_scores``:
-    float32 pickle + ``<stem>_samples.csv``), which plots and a further fusion read like any other.
+    the float64 sums as a pickle + ``<stem>_samples.csv``), which plots and a further fusion read
+    like any other.
     Returns the JSON content.
     """
     scores, frame_dirs, labels = _read_streams(score_paths)

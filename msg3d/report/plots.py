@@ -2,7 +2,7 @@
 
 Three subcommands:
 
-* ``curves``: one line per stream of each numeric column of the runs' ``epochs.csv`` (written by
+* ``curves``: one line per modality of each numeric column of the runs' ``epochs.csv`` (written by
   ``msg3d train``), losses in one panel and accuracies in another, against the epoch;
 * ``confusion``: the row-normalised confusion matrix of one scores pickle (a stream's or a fusion's);
 * ``per-class``: per-class top-1 accuracy of several scores pickles side by side.
@@ -87,20 +87,20 @@ def _style(column):
 
 
 def plot_curves(runs, out, title=None):
-    """Training curves of several runs ``{stream: epochs.csv}``: losses left, accuracies right.
+    """Training curves of several runs ``{modality: epochs.csv}``: losses left, accuracies right.
 
-    One colour per stream, one line style per column (training dashed, validation solid).
+    One colour per modality, one line style per column (training dashed, validation solid).
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for i, stream in enumerate(sorted(runs)):
-        columns = read_epochs(runs[stream])
+    for i, modality in enumerate(sorted(runs)):
+        columns = read_epochs(runs[modality])
         for name, values in columns.items():
             panel = _panel(name)
             if panel is None or np.all(np.isnan(values)):
                 continue
             ax = axes[0] if panel == "loss" else axes[1]
             ax.plot(columns["epoch"], values, _style(name), color=f"C{i}", marker="o", markersize=3,
-                    label=f"{stream} {name}")
+                    label=f"{modality} {name}")
     for ax, ylabel in zip(axes, ("loss", "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -174,7 +174,7 @@ def plot_per_class(scores, out, title=None):
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="kind", required=True, metavar="{curves,confusion,per-class}")
     curves = sub.add_parser("curves", help="training curves from the runs' epochs.csv")
-    curves.add_argument("--runs", nargs="+", required=True, metavar="STREAM=EPOCHS.csv")
+    curves.add_argument("--runs", nargs="+", required=True, metavar="MODALITY=EPOCHS.csv")
     confusion = sub.add_parser("confusion", help="confusion matrix of one scores pickle")
     confusion.add_argument("--scores", required=True, type=Path, metavar="SCORES.pkl",
                            help="scores pickle with its <stem>_samples.csv beside it")

@@ -8,6 +8,10 @@ import shlex
 
 from snakemake.utils import validate
 
+if "streams" in config:
+    raise ValueError(
+        "config: the key 'streams' is now 'modalities' (the j/b/jm/bm list); rename it"
+    )
 validate(config, "../schemas/config.schema.yaml")
 
 # --------------------------------------------------------------------------- names (from msg3d)
@@ -114,9 +118,8 @@ PATHS = {
     "annotations": "results/annotations/{dataset}/annotations.pkl",
     "skipped": "results/annotations/{dataset}/skipped.tsv",
     "store": "results/stores/{dataset}/{modality}",
-    # a training run's folder: {checkpoint} is latest or best; latest.pth is no declared output
-    "checkpoint": "results/train/{dataset}/{split}/{modality}/{checkpoint}.pth",
-    "epochs": "results/train/{dataset}/{split}/{modality}/epochs.csv",
+    # a training run's folder: latest.pth is written there but is no declared output
+    "run": "results/train/{dataset}/{split}/{modality}",
     "downloaded": "resources/checkpoints/{dataset}/{split}/{modality}.pth",
     "scores": "results/test/{dataset}/{split}/{modality}/scores.pkl",
     "metrics": "results/test/{dataset}/{split}/{modality}/metrics.json",
@@ -128,6 +131,11 @@ PATHS = {
     "confusion": "results/plots/{dataset}/{split}/confusion_{entry}.svg",
     "per_class": "results/plots/{dataset}/{split}/per_class.svg",
 }
+
+
+# the files of a run folder; {checkpoint} is latest or best
+PATHS["checkpoint"] = os.path.join(PATHS["run"], "{checkpoint}.pth")
+PATHS["epochs"] = os.path.join(PATHS["run"], "epochs.csv")
 
 
 def path(name, **wildcards):
@@ -155,11 +163,6 @@ def get_code(command, modality=None):
     """Digest of the msg3d code that `msg3d COMMAND` runs (msg3d.provenance), for `params: code=`;
     the train job passes it on, and the engine records the same value in config.json."""
     return code_digest(COMMANDS[command][0], modality)
-
-
-def get_derive_code(wildcards):
-    """A derive job's code digest holds only the bone/motion operators its modality runs."""
-    return get_code("derive", wildcards.modality)
 
 
 # --------------------------------------------------------------------------- data
@@ -199,11 +202,6 @@ def get_launcher(wildcards, resources):
     if gpus > 1:
         return f"torchrun --standalone --nproc-per-node {gpus}"
     return "python"
-
-
-def get_run_dir(wildcards, output):
-    """The training run folder, which holds the train job's outputs (and latest.pth, not an output)."""
-    return os.path.dirname(output.epochs)
 
 
 def given_checkpoint(wildcards):
@@ -333,8 +331,7 @@ def get_table_inputs(wildcards):
     return [*files, *([REFERENCE_TABLE] if USES_REFERENCE else [])]
 
 
-def get_reference_arg(wildcards):
-    return f"--reference {shlex.quote(REFERENCE_TABLE)}" if USES_REFERENCE else ""
+REFERENCE_ARG = f"--reference {shlex.quote(REFERENCE_TABLE)}" if USES_REFERENCE else ""
 
 
 def trained_modalities(dataset, split):

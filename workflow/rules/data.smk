@@ -74,7 +74,7 @@ rule derive:
         layout=lambda wildcards: ANNOTATION_LAYOUTS[
             DATASETS[wildcards.dataset]["annotation"]
         ],
-        code=get_derive_code,
+        code=lambda wildcards: get_code("derive", wildcards.modality),
     shell:
         "python -m msg3d derive {input.annotations:q} {output.store:q} --layout {params.layout}"
         " --modality {wildcards.modality} > {log:q} 2>&1"

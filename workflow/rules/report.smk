@@ -23,7 +23,7 @@ rule model_zoo_table:
         "../../environment.yml"
     params:
         spec=TABLE_SPEC,
-        reference=get_reference_arg,
+        reference=REFERENCE_ARG,
         code=get_code("table"),
     shell:
         "python -m msg3d table --spec-json {params.spec:q} {params.reference}"

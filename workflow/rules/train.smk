@@ -22,7 +22,7 @@ rule train:
         gpu=GPUS_PER_JOB,
     params:
         launcher=get_launcher,
-        run=get_run_dir,
+        run=lambda wildcards: path("run", **wildcards),
         hparams=TRAIN_HPARAMS,
         seed=config["seed"],
         device=DEVICE_ARG,
