@@ -37,8 +37,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from msg3d.fileio import write_pickle_atomic, write_text_atomic
 from msg3d.data.splits import NTU_NAME, NUM_ACTIONS, ntu_split, official_missing, parse_ntu_name
+from msg3d.fileio import write_pickle_atomic, write_text_atomic
 from msg3d.layouts import get_layout
 
 NUM_JOINTS = get_layout("nturgb+d").num_joints  # 25 Kinect v2 joints
