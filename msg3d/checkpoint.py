@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from msg3d.fileio import atomic_path
+from msg3d.safe_pickle import NUMPY_GLOBALS
 
 _WRAPPER_PARTS = ("module", "_orig_mod")
 _MAX_LISTED = 20
@@ -38,19 +39,15 @@ def _listing(title, items):
 def _numpy_meta_globals():
     """numpy reconstructors that mmcv checkpoints may hold in ``meta`` (e.g. a np.float64 best score).
 
-    They only rebuild plain numbers and arrays, so allowing them keeps ``weights_only`` safe.
-    Files written under numpy 1.x name the module ``numpy.core``, under 2.x ``numpy._core``.
+    ``msg3d.safe_pickle.NUMPY_GLOBALS``: they only rebuild plain numbers and arrays, under numpy
+    1.x (``numpy.core``) and 2.x (``numpy._core``) names. The name ``numpy.ndarray`` gives a token
+    that only the guarded ``_reconstruct`` accepts, as calling the class on pickled arguments forges
+    object pointers. torch only builds (BUILD) instances of listed types, so the class itself is
+    listed too, under a name with a line break: torch reads names from single-line GLOBAL opcodes,
+    so no pickle can ask for it, while the arrays ``_reconstruct`` makes can be built.
     """
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct, scalar
-
-    allowed = [np.dtype, np.ndarray]
-    allowed += [type(np.dtype(code)) for code in "?bhilqBHILQefdgFDG"]
-    for obj in (scalar, _reconstruct):
-        allowed += [obj, (obj, f"numpy.core.multiarray.{obj.__name__}")]
-    return allowed
+    named = [(obj, name) for name, obj in NUMPY_GLOBALS.items()]
+    return named + [(np.ndarray, "numpy.ndarray\n(built by _reconstruct, never named by a pickle)")]
 
 
 def read_checkpoint(path_or_state_dict):

@@ -61,5 +61,15 @@ def main(argv=None):
     try:
         return int(module.run(args) or 0)
     except (ValueError, OSError) as exc:
-        print(f"msg3d {name}: error: {exc}", file=sys.stderr)
+        print(f"msg3d {name}: error: {error_message(exc)}", file=sys.stderr)
         return 2
+
+
+def error_message(exc):
+    """The message of a stage's error, without the worker traceback that torch's DataLoader puts
+    in front of an error raised in a worker process ("Caught ValueError in DataLoader worker ...")."""
+    message = str(exc)
+    if "\nOriginal Traceback" in message:
+        last = message.rstrip().splitlines()[-1]
+        message = last.partition(": ")[2] or last
+    return message

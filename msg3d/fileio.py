@@ -2,18 +2,197 @@
 
 A run killed at any point therefore leaves either the previous complete file or none, never a
 half-written one that a later run (or Snakemake) would trust.
+
+Temporaries are named ``.NAME.tmp-<host>-<pid>-<random>`` beside the output ``NAME`` (a folder
+being replaced is first renamed to ``.NAME.old-<host>-<pid>-<random>``), so the writer can be told
+from the name. A writer killed mid-write (kill -9, OOM, wall time) leaves its temporary behind; the
+next atomic write of the same ``NAME`` removes each such leftover whose writer is gone, that is:
+
+* one written on this host (``<host>`` is the host name, plus ``~<pid namespace>`` in a container
+  with its own pid namespace) by a pid that no longer exists
+  (``os.kill(pid, 0)`` raises ProcessLookupError). A live pid's temporary is a concurrent write,
+  whoever owns it, and is kept;
+* any leftover in which nothing has been modified for ``STALE_AFTER_DAYS``, whoever wrote it. This
+  is the only rule for another host's temporaries (shared cluster file systems: its pids mean
+  nothing here) and for names without a writer (msg3d before this scheme), and it retires one
+  whose pid was reused by an unrelated process. A writer modifies its temporary all along (the
+  longest write, an NTU store, takes about an hour) and cluster wall-time limits are a few days,
+  so a week untouched means no live writer, even allowing for a suspended job or skewed clocks.
+
+A leftover that cannot be removed (another user's, without permission) is reported with a warning
+and does not stop the write.
+
+Modes: the temporary is created with ``os.open(..., 0o666)`` / ``os.mkdir(..., 0o777)``, so the
+kernel applies the umask (or the folder's default ACL) exactly as for a plain ``open(..., "w")``:
+outputs get ``0o666 & ~umask`` (files) and ``0o777 & ~umask`` (folders), also when they replace an
+older output, whose mode is not kept (outputs of earlier versions were 0600/0700, and a rerun
+should repair them). Nothing reads the umask, so there is no window in which it is changed. Files
+written inside a temporary folder with plain ``open`` (or numpy, or these writers) follow the
+umask too.
+
+A full disk or quota (ENOSPC, EDQUOT) during a write raises one ``OSError`` (``errno`` set) naming
+the output and the free space of its file system; the temporary is removed and the previous
+output stays. ``torch.save`` reports the refusal as a RuntimeError without the errno, so a
+RuntimeError is taken for one when the file system then has no free bytes or refuses a small probe
+write (a quota leaves free bytes); any other RuntimeError passes unchanged.
 """
 
 import contextlib
 import csv
+import errno
 import hashlib
 import itertools
 import json
 import os
 import pickle
+import re
+import secrets
 import shutil
+import socket
 import tempfile
+import time
+import warnings
 from pathlib import Path
+
+STALE_AFTER_DAYS = 7
+_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_PROBE_BYTES = 1 << 16
+# the inode of the kernel's initial pid namespace (PROC_PID_INIT_INO), the same on every Linux host
+_INITIAL_PID_NAMESPACE = 0xEFFFFFFC
+# what follows ".NAME.tmp-" / ".NAME.old-": host (may hold dashes), pid, random part (no dashes)
+_WRITER_TAG = re.compile(r"(?P<host>.*)-(?P<pid>[0-9]{1,9})-[^-]+")
+
+
+def _writer_host():
+    """This host's name as a file name can hold it, plus the pid namespace when it is not the host's own.
+
+    A pid names a process only within one pid namespace: a container with its own namespace but the
+    host's name (e.g. docker --network=host) must not judge the host's writers by pid, nor they its.
+    """
+    host = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # no /proc (not Linux): the host name alone
+        return host
+    return host if namespace == _INITIAL_PID_NAMESPACE else f"{host}~{namespace}"
+
+
+_HOST = _writer_host()
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    return True
+
+
+def _last_modified(path):
+    """Newest mtime (epoch seconds) of ``path`` and, for a folder, of everything inside it."""
+    newest = os.lstat(path).st_mtime
+    for root, dirs, files in os.walk(path):  # a file yields nothing
+        for name in dirs + files:
+            newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
+def _abandoned(path, writer_tag, now):
+    """Whether the temporary ``path``, whose name ends in ``writer_tag``, has no live writer (module docstring)."""
+    match = _WRITER_TAG.fullmatch(writer_tag)
+    if match and match["host"] == _HOST and not _pid_alive(int(match["pid"])):
+        return True
+    return now - _last_modified(path) > STALE_AFTER_DAYS * 86400
+
+
+def _clear_abandoned_temporaries(path):
+    """Remove the leftovers of killed atomic writes of ``path`` (the rule is in the module docstring)."""
+    prefixes = (f".{path.name}.tmp-", f".{path.name}.old-")  # of equal length
+    with os.scandir(path.parent) as entries:
+        leftovers = [entry for entry in entries if entry.name.startswith(prefixes)]
+    now = time.time()
+    for entry in leftovers:
+        try:
+            if not _abandoned(entry.path, entry.name[len(prefixes[0]):], now):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        except FileNotFoundError:  # its writer finished, or another writer removed it first
+            pass
+        except OSError as exc:
+            warnings.warn(f"{entry.path}: cannot remove this leftover of an interrupted write ({exc})",
+                          stacklevel=4)
+
+
+def _temporary_name(path, kind):
+    """``.NAME.<kind>-<host>-<pid>-<random>`` beside ``path``: 48 random bits, so no clash in practice."""
+    return path.with_name(f".{path.name}.{kind}-{_HOST}-{os.getpid()}-{secrets.token_hex(6)}")
+
+
+def _new_temporary(path, is_dir):
+    """Create the temporary for ``path``, its mode from the umask (O_EXCL / mkdir: never an existing one)."""
+    tmp = _temporary_name(path, "tmp")
+    if is_dir:
+        os.mkdir(tmp, 0o777)
+    else:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    return tmp
+
+
+def _replace_folder(tmp, path):
+    """Put the folder ``tmp`` in place of the existing ``path`` (a folder cannot be renamed onto a non-empty one)."""
+    old = _temporary_name(path, "old")
+    os.replace(path, old)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(old, path)  # the previous output back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _space_refused(exc, directory):
+    """ENOSPC or EDQUOT if ``exc``, raised while writing into ``directory``, is a refusal for lack of space.
+
+    Ask before the temporary is removed (which frees its space). See the module docstring.
+    """
+    if isinstance(exc, OSError):
+        return exc.errno if exc.errno in _SPACE_ERRNOS else None
+    if not isinstance(exc, RuntimeError):
+        return None
+    if shutil.disk_usage(directory).free == 0:
+        return errno.ENOSPC
+    try:
+        with tempfile.TemporaryFile(dir=directory) as probe:
+            probe.write(bytes(_PROBE_BYTES))
+            probe.flush()
+            os.fsync(probe.fileno())  # network file systems report the refusal only when flushed
+    except OSError as probe_exc:
+        return probe_exc.errno if probe_exc.errno in _SPACE_ERRNOS else None
+    return None
+
+
+def _size(num_bytes):
+    """``num_bytes`` for a message: "0 bytes", "512 bytes", "3.2 GiB"."""
+    if num_bytes < 1024:
+        return f"{num_bytes} bytes"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        num_bytes /= 1024
+        if num_bytes < 1024 or unit == "TiB":
+            return f"{num_bytes:.1f} {unit}"
+
+
+def _out_of_space(code, path):
+    """The OSError for a write of ``path`` refused with ``code`` (ENOSPC or EDQUOT): one line, errno set."""
+    quota = "" if code == errno.ENOSPC else ", but your quota there is used up"
+    error = OSError(f"{os.strerror(code).lower()} while writing {path} "
+                    f"(file system of {path.parent}: {_size(shutil.disk_usage(path.parent).free)} free{quota})")
+    error.errno = code  # set after construction, so that str() is the message alone
+    return error
 
 
 @contextlib.contextmanager
@@ -22,34 +201,31 @@ def atomic_path(path, *, is_dir=False):
 
     On an exception the temporary file or folder is removed and ``path`` is left untouched.
     With ``is_dir=True`` the temporary path is an empty directory, and an existing ``path``
-    directory is replaced as a whole.
+    directory is replaced as a whole. Leftovers of killed writes of ``path`` are removed first;
+    modes follow the umask; a full disk or quota raises one ``OSError`` naming ``path`` (see the
+    module docstring for each).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{path.name}.tmp-"
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
-    else:
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
-        os.close(fd)
-        tmp = Path(name)
+    _clear_abandoned_temporaries(path)
+    tmp = None
     try:
+        tmp = _new_temporary(path, is_dir)
         yield tmp
-        if is_dir:
-            if path.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-                os.replace(path, old / path.name)
-                os.replace(tmp, path)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, path)
+        if is_dir and path.exists():
+            _replace_folder(tmp, path)
         else:
             os.replace(tmp, path)
-    except BaseException:
-        if is_dir:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        refused = _space_refused(exc, path.parent)
+        error = _out_of_space(refused, path) if refused else None  # free space before the temporary's is freed
+        if tmp is not None:
+            if is_dir:
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
+        if error:
+            raise error from exc
         raise
 
 

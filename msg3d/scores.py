@@ -1,6 +1,7 @@
 """The scores format: per-sample class scores of one split, written by ``msg3d test`` (the test
 clips' mean softmax) and ``msg3d fuse --out-scores`` (the streams' weighted sum, REFERENCE §7),
-read by ``msg3d fuse`` and ``msg3d plot``. Torch-free.
+read by ``msg3d fuse`` and ``msg3d plot``; PYSKL's own ``result.pkl`` (no samples CSV) is read with
+its samples taken from elsewhere (``read_result``). Torch-free.
 
 Files, for ``N`` samples and ``K`` classes (``<stem>`` = the scores path without ``.pkl``)::
 
@@ -25,17 +26,19 @@ means the rest is complete. CSVs are Python's default dialect (fields quoted onl
 ``\\n`` line ends, UTF-8), so any frame_dir reads back as written, except that one holding a line
 break is refused: one sample per line keeps the line numbers in error messages true.
 
-The pickle is trusted input like any pickle: read only scores you (or PYSKL) wrote.
+Scores pickles are read with ``msg3d.safe_pickle`` (lists, numpy arrays and scalars only), so one
+from elsewhere cannot run code. Non-finite scores (a diverged or corrupt checkpoint's NaN) are
+refused when written and when read: every accuracy computed from them would be meaningless.
 """
 
 import csv
 import io
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from msg3d import safe_pickle
 from msg3d.fileio import write_bytes_atomic, write_csv_atomic, write_json_atomic, write_pickle_atomic
 from msg3d.metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, top_k_accuracy
 
@@ -73,6 +76,19 @@ def sibling_paths(scores_path, metrics_path=None):
     )
 
 
+def check_finite(probs, subject, frame_dirs=None, consequence=""):
+    """Raise a ValueError unless every score of ``probs`` (N, K) is finite.
+
+    The message reads ``{subject} non-finite scores (NaN or inf) for n of N samples (first: X){consequence}``,
+    X being the first such sample's frame_dir (``frame_dirs``, N str) or its index.
+    """
+    bad = np.flatnonzero(~np.isfinite(probs).all(axis=1))
+    if bad.size:
+        first = frame_dirs[bad[0]] if frame_dirs is not None else f"sample {bad[0]}"
+        raise ValueError(f"{subject} non-finite scores (NaN or inf) for {bad.size} of {len(probs)} samples "
+                         f"(first: {first}){consequence}")
+
+
 def summary_metrics(probs, labels):
     """top-1, top-5, mean-class accuracy (fractions, PYSKL's definitions) and the sample count.
 
@@ -92,7 +108,8 @@ def write_scores(scores_path, probs, frame_dirs, labels, metrics=None, metrics_p
 
     ``frame_dirs`` and ``labels`` (N,) are the samples in the order of ``probs``' rows. With
     ``metrics`` (a JSON-able dict) the per-class and confusion files follow, then ``metrics`` as the
-    metrics JSON (``metrics_path``, default ``<stem>_metrics.json``), last.
+    metrics JSON (``metrics_path``, default ``<stem>_metrics.json``), last. Non-finite scores are a
+    ValueError, and nothing is written.
     """
     paths = sibling_paths(scores_path, metrics_path)
     probs = np.asarray(probs)
@@ -105,6 +122,7 @@ def write_scores(scores_path, probs, frame_dirs, labels, metrics=None, metrics_p
         if "\n" in frame_dir or "\r" in frame_dir:
             raise ValueError(f"{paths.samples}: frame_dir {frame_dir!r} of sample {i} holds a line break "
                              "(the sample list keeps one sample per line)")
+    check_finite(probs, f"{paths.scores}: refusing to write", frame_dirs, "; nothing written")
     write_pickle_atomic(paths.scores, [row.copy() for row in probs])
     write_csv_atomic(paths.samples, SAMPLES_HEADER, zip(frame_dirs, labels.tolist()))
     if metrics is None:
@@ -127,12 +145,9 @@ def write_scores(scores_path, probs, frame_dirs, labels, metrics=None, metrics_p
 
 def _read_probs(path):
     try:
-        with open(path, "rb") as f:
-            raw = pickle.load(f)
+        raw = safe_pickle.load(path, "a scores pickle")
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: scores file not found") from None
-    except (pickle.UnpicklingError, EOFError) as err:
-        raise ValueError(f"{path}: not a scores pickle ({err})") from None
     if not isinstance(raw, list):
         raise ValueError(f"{path}: expected a list of probability vectors (PYSKL's result format), "
                          f"got {type(raw).__name__}")
@@ -170,45 +185,68 @@ def _read_samples(path):
     return frame_dirs, np.asarray(labels, dtype=np.int64)
 
 
+def _checked(scores_path, probs, frame_dirs, labels, samples_source):
+    if len(frame_dirs) != len(probs):
+        raise ValueError(f"{scores_path}: {len(probs)} score vectors but {len(frame_dirs)} samples in {samples_source}")
+    check_finite(probs, f"{scores_path}:", frame_dirs,
+                 " (from a diverged or corrupt checkpoint?); refusing to use them")
+    return probs, frame_dirs, labels
+
+
 def read_scores(scores_path):
     """Read a stream: ``(probs (N, K) float64, frame_dirs list of N str, labels (N,) int64)``.
 
     ``probs`` from the pickle, the samples from the ``<stem>_samples.csv`` beside it; their counts
-    must agree. FileNotFoundError / ValueError name the file (and line) at fault.
+    must agree and every score must be finite. FileNotFoundError / ValueError name the file (and
+    line) at fault.
     """
     paths = sibling_paths(scores_path)
     probs = _read_probs(paths.scores)
     frame_dirs, labels = _read_samples(paths.samples)
-    if len(frame_dirs) != len(probs):
-        raise ValueError(f"{paths.scores}: {len(probs)} score vectors but {len(frame_dirs)} samples in {paths.samples}")
-    return probs, frame_dirs, labels
+    return _checked(paths.scores, probs, frame_dirs, labels, paths.samples)
+
+
+def read_result(scores_path, frame_dirs, labels, samples_source):
+    """Read a scores pickle without a samples CSV (PYSKL's ``result.pkl``), its samples given here.
+
+    ``frame_dirs`` (N str) and ``labels`` (N,) are the samples the pickle's vectors belong to, in
+    its order (for PYSKL: the split's annotations in annotation order, ``msg3d.data.pyskl_io.split_samples``);
+    ``samples_source`` (str) says where they come from, for messages. Returns what ``read_scores``
+    does, with the same checks.
+    """
+    probs = _read_probs(Path(scores_path))
+    return _checked(scores_path, probs, list(frame_dirs), np.asarray(labels, dtype=np.int64), samples_source)
+
+
+def _position(source, i):
+    """Where sample ``i`` sits in a sample list: its line in a samples CSV, else its index."""
+    return f"line {i + 2} of {source}" if str(source).endswith(".csv") else f"position {i} of {source}"
 
 
 def check_same_samples(streams):
     """Raise a ValueError unless all streams list the same samples (and labels) in the same order.
 
-    ``streams`` maps name -> ``(scores path, frame_dirs, labels)`` as ``read_scores`` gives them;
-    the first stream is the reference.
+    ``streams`` maps name -> ``(samples source, frame_dirs, labels)``: where the stream's samples
+    come from (its ``<stem>_samples.csv``, or what ``read_result`` was given) and the samples as
+    ``read_scores`` / ``read_result`` give them; the first stream is the reference.
     """
-    (ref_name, (ref_path, ref_dirs, ref_labels)), *others = streams.items()
-    ref_samples = sibling_paths(ref_path).samples
-    for name, (path, dirs, labels) in others:
-        samples = sibling_paths(path).samples
+    (ref_name, (ref_source, ref_dirs, ref_labels)), *others = streams.items()
+    for name, (source, dirs, labels) in others:
         if len(dirs) != len(ref_dirs):
             raise ValueError(
-                f"streams {ref_name!r} and {name!r} cover different samples: {len(ref_dirs)} in {ref_path}, "
-                f"{len(dirs)} in {path}"
+                f"streams {ref_name!r} and {name!r} cover different samples: {len(ref_dirs)} in {ref_source}, "
+                f"{len(dirs)} in {source}"
             )
         for i, (a, b) in enumerate(zip(ref_dirs, dirs)):
             if a != b:
                 raise ValueError(
                     f"streams {ref_name!r} and {name!r} list different samples or a different order: sample {i} "
-                    f"(line {i + 2} of the sample lists) is {a} in {ref_samples} but {b} in {samples}"
+                    f"is {a} at {_position(ref_source, i)} but {b} at {_position(source, i)}"
                 )
         bad = np.flatnonzero(np.asarray(labels) != np.asarray(ref_labels))
         if bad.size:
             i = int(bad[0])
             raise ValueError(
-                f"streams {ref_name!r} and {name!r} disagree on the label of sample {ref_dirs[i]} "
-                f"(line {i + 2}): {ref_labels[i]} in {ref_samples}, {labels[i]} in {samples}"
+                f"streams {ref_name!r} and {name!r} disagree on the label of sample {ref_dirs[i]}: "
+                f"{ref_labels[i]} at {_position(ref_source, i)}, {labels[i]} at {_position(source, i)}"
             )

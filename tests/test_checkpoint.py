@@ -202,3 +202,51 @@ def test_mmcv_meta_with_numpy_values_loads(tmp_path, trained_pair, numpy_module)
     assert_same_state(source, target)
     assert others["meta"]["hook_msgs"]["best_score"] == 0.875 and others["meta"]["seed"] == 7
     assert others["meta"]["history"].tolist() == [0.0, 1.0, 2.0]
+
+
+class RunsCode:
+    """Unpickles by calling ``func(*args)``: a stand-in for a hostile checkpoint's payload."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+@pytest.mark.parametrize("zipfile", [True, False])
+def test_hostile_pth_is_refused_before_its_code_runs(tmp_path, trained_pair, zipfile):
+    import os
+    import subprocess
+
+    marker = tmp_path / "MARK"
+    for i, payload in enumerate([RunsCode(os.system, f"touch '{marker}'"),
+                                 RunsCode(subprocess.Popen, ["touch", str(marker)]),
+                                 RunsCode(eval, f"open({str(marker)!r}, 'w')")]):
+        path = tmp_path / f"evil{i}.pth"
+        torch.save({"meta": {"hook": payload}, "state_dict": trained_pair[0].state_dict()}, path,
+                   _use_new_zipfile_serialization=zipfile)
+        with pytest.raises(ValueError, match=rf"evil{i}\.pth: not a loadable PyTorch checkpoint"):
+            load_checkpoint(small_model(), path)
+        assert not marker.exists()
+
+
+def test_array_class_called_on_pickled_bytes_is_refused(tmp_path):
+    """numpy.ndarray(shape, object dtype, buffer) turns bytes into object pointers (a crash at best): the
+    numpy globals that checkpoint meta may use must not let a .pth call the class. Run apart: it may crash."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    path = tmp_path / "forged.pth"
+    object_dtype = RunsCode(np.dtype, "O")  # the dtype alone, without the state that torch would refuse
+    forged = RunsCode(np.ndarray, (1,), object_dtype, b"\x41" * 8)
+    torch.save({"meta": {"x": forged}, "state_dict": {"w": torch.zeros(1)}}, path)
+    code = ("import sys\nfrom msg3d.checkpoint import read_checkpoint\n"
+            "try:\n    others = read_checkpoint(sys.argv[1])[1]\nexcept ValueError as exc:\n    print(exc)\n"
+            "else:\n    print('loaded', repr(others['meta']['x'][0]))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "forged.pth: not a loadable PyTorch checkpoint" in done.stdout
+    assert "numpy.ndarray called on pickled arguments" in done.stdout

@@ -1,5 +1,8 @@
 """SkeletonDataset against PYSKL's full val/test pipeline outputs, and its sampling contract."""
 
+import os
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -120,7 +123,7 @@ def test_real_ntu_files_convert_derive_and_sample_like_pyskl(tmp_path):
     shared_file(REALDATA)
     expected = torch.load(shared_file(FIXTURES / "pyskl_ntu_real_ref.pt"), weights_only=True)["expected"]
     ann = tmp_path / "ntu.pkl"
-    assert cli_main(["convert-ntu", str(REALDATA), str(ann), "--dataset", "ntu120", "--jobs", "1"]) == 0
+    assert cli_main(["convert-ntu", str(REALDATA), str(ann), "--dataset", "ntu60", "--jobs", "1"]) == 0
     for modality in ("j", "bm"):
         argv = ["derive", str(ann), str(tmp_path / modality), "--layout", "nturgb+d", "--modality", modality]
         assert cli_main(argv) == 0
@@ -137,3 +140,18 @@ def test_real_ntu_files_convert_derive_and_sample_like_pyskl(tmp_path):
                 assert label == ref["label"]
                 np.testing.assert_allclose(got.numpy(), want.reshape(2, 10, 100, 25, 3).swapaxes(0, 1),
                                            rtol=0, atol=1e-4, err_msg=frame_dir)
+
+
+def test_short_read_names_store_and_sample(tmp_path):
+    # data.npy cut short after the dataset opened the store (a copy over it, a full disk)
+    rng = np.random.default_rng(0)
+    anns = [{"frame_dir": name, "label": i, "total_frames": 8, "keypoint": rng.normal(size=(1, 8, 25, 3))}
+            for i, name in enumerate(NAMES)]
+    store = derive_annotations({"split": {"val": list(NAMES)}, "annotations": anns}, tmp_path / "j", "nturgb+d",
+                               "j", progress=False)
+    ds = SkeletonDataset(store, "val", clip_len=4, test_mode=True)
+    os.truncate(store / "data.npy", (store / "data.npy").stat().st_size - 4)
+    assert ds[1][0].shape == (1, 2, 4, 25, 3)
+    with pytest.raises(ValueError, match=f"^{re.escape(str(store))}: corrupt derived store: data.npy is truncated: "
+                                         "sample 2 \\(C\\) needs 2400 bytes at offset .*, read 2396"):
+        ds[2]

@@ -1,11 +1,17 @@
-"""Hyper-parameters: PYSKL defaults, merging, validation, file/JSON loading; run-folder config checks."""
+"""Hyper-parameters: PYSKL defaults, merging, validation, file/JSON loading; run-folder config checks
+and lock."""
 
+import dataclasses
 import json
+import os
+import re
+import socket
 
 import pytest
+import torch
 
 from msg3d.engine.hparams import HParams, ModelHParams, hparams_help, load_hparams, resolve_hparams
-from msg3d.engine.run_dir import config_differences, prepare_run_dir
+from msg3d.engine.run_dir import config_differences, lock_run_dir, prepare_run_dir
 
 
 def test_defaults_are_pyskl_recipe():
@@ -88,6 +94,11 @@ def _config(**changes):
     return config
 
 
+def _write_latest(path, config):
+    """A latest.pth recording ``config`` as the saver does (meta.config), without weights."""
+    torch.save({"meta": {"config": config}, "state_dict": {}}, path)
+
+
 def test_config_differences_list_dotted_keys():
     old = _config()
     new = _config(hparams=resolve_hparams({"epochs": 3, "model": {"base_channels": 12}}).to_dict())
@@ -119,7 +130,7 @@ def test_resume_needs_checkpoint_and_same_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(_config()))
     with pytest.raises(FileNotFoundError, match="no checkpoint .*latest.pth"):
         prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=False)
-    (tmp_path / "latest.pth").write_bytes(b"")
+    _write_latest(tmp_path / "latest.pth", _config())
     _, resume_from = prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=False)
     assert resume_from == tmp_path / "latest.pth"
     with pytest.raises(ValueError, match=r"(?s)--resume: the config differs.*hparams.lr: 0.1 -> 0.2"):
@@ -136,7 +147,7 @@ def test_auto_resume_resumes_only_a_checkpoint_with_the_same_config(tmp_path, ca
     config_path.write_text(json.dumps(_config()))
     assert decide(_config()) == (_config(), None)
     assert f"--auto-resume: no checkpoint {latest}; starting fresh" in capsys.readouterr().err
-    latest.write_bytes(b"")
+    _write_latest(latest, _config())
     assert decide(_config()) == (_config(), latest)
     assert f"--auto-resume: {latest} has the same config; resuming" in capsys.readouterr().err
     # the recorded seed is reused without --seed, as for --resume
@@ -151,6 +162,64 @@ def test_auto_resume_resumes_only_a_checkpoint_with_the_same_config(tmp_path, ca
         capsys.readouterr().err)
 
 
+def test_the_store_path_is_not_compared_but_the_data_is():
+    meta = {"layout": "nturgb+d", "modality": "j", "num_samples": 40, "source": {"name": "a.pkl", "sha256": "ab"}}
+    data = {"store": "/home/a/project/store", "meta": meta, "split": "xsub", "num_train_samples": 30}
+    moved = dict(data, store="/scratch/b/copy/store")
+    assert config_differences(_config(data=data), _config(data=moved)) == []
+    other_source = dict(moved, meta=dict(meta, source={"name": "a.pkl", "sha256": "cd"}))
+    assert config_differences(_config(data=data), _config(data=other_source)) == [
+        "data.meta.source.sha256: 'ab' -> 'cd'"]
+    fewer = dict(moved, num_train_samples=29, split="xview")
+    assert config_differences(_config(data=data), _config(data=fewer)) == [
+        "data.num_train_samples: 30 -> 29", "data.split: 'xsub' -> 'xview'"]
+
+
+def test_a_latest_pth_of_another_run_is_not_resumed(tmp_path, capsys):
+    """config.json says lr 0.1, latest.pth was trained with lr 0.2: two runs wrote the folder."""
+    latest, config_path = tmp_path / "latest.pth", tmp_path / "config.json"
+    config_path.write_text(json.dumps(_config()))
+    _write_latest(latest, _config(hparams=resolve_hparams({"lr": 0.2}).to_dict()))
+    mixed = f"{latest} records another config (its meta.config) than {config_path}"
+    with pytest.raises(ValueError, match=rf"(?s)--resume: {re.escape(mixed)}:\n  hparams.lr: 0.2 -> 0.1\n.*--force"):
+        prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=False)
+    assert prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=True) == (_config(), latest)
+    assert prepare_run_dir(tmp_path, _config(), seed_given=False, resume=False, force=False,
+                           auto_resume=True) == (_config(), None)
+    assert f"--auto-resume: {mixed}: hparams.lr: 0.2 -> 0.1; starting fresh" in capsys.readouterr().err
+    # a latest.pth without a recorded config, or no checkpoint at all, cannot be continued either
+    torch.save({"state_dict": {}}, latest)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(latest))} records no run config \(meta.config\)"):
+        prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=False)
+    latest.write_bytes(b"garbage")
+    assert prepare_run_dir(tmp_path, _config(), seed_given=False, resume=False, force=False,
+                           auto_resume=True) == (_config(), None)
+    assert f"--auto-resume: {latest}: not a loadable PyTorch checkpoint" in capsys.readouterr().err
+
+
+def test_the_run_lock_admits_one_holder_at_a_time(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    holder = f"pid {os.getpid()} on {socket.gethostname()}"
+    with lock_run_dir(out):
+        assert (out / ".lock").read_text() == holder + "\n"
+        with pytest.raises(OSError, match=f"^{re.escape(f'{out} is in use by another msg3d train ({holder})')}$"):
+            with lock_run_dir(out):
+                pass
+    assert sorted(p.name for p in out.iterdir()) == ["config.json"]  # the lock file goes with its holder
+    with lock_run_dir(out):  # released
+        pass
+
+
+def test_a_refused_start_leaves_no_folder_it_created(tmp_path):
+    out = tmp_path / "new" / "run"
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        with lock_run_dir(out):
+            prepare_run_dir(out, _config(), seed_given=False, resume=True, force=False)
+    assert not out.exists()
+
+
 def test_help_table_lists_every_hyper_parameter_with_its_default():
     table = hparams_help().splitlines()
     names = [line.split()[0] for line in table]
@@ -160,8 +229,16 @@ def test_help_table_lists_every_hyper_parameter_with_its_default():
 
 def test_constructed_hparams_are_validated_too():
     assert HParams(model={"base_channels": 8}).model == ModelHParams(base_channels=8)
-    with pytest.raises(ValueError, match="'model.base_channels' must be >= 1"):
+    with pytest.raises(ValueError, match="'model.base_channels' must be >= 6"):
         HParams(model={"base_channels": 0})
     with pytest.raises(ValueError, match="'momentum' must be < 1"):
         HParams(momentum=1)
     assert any(line.split()[0] == "momentum" and line.endswith("(>= 0, < 1)") for line in hparams_help().splitlines())
+
+
+def test_smallest_model_width_is_the_one_the_network_can_build():
+    from msg3d.models import MIN_BASE_CHANNELS
+
+    assert dataclasses.fields(ModelHParams)[0].metadata["minimum"] == MIN_BASE_CHANNELS
+    with pytest.raises(ValueError, match=f"'model.base_channels' must be >= {MIN_BASE_CHANNELS}"):
+        resolve_hparams({"model": {"base_channels": MIN_BASE_CHANNELS - 1}})

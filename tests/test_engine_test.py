@@ -215,3 +215,41 @@ def test_pyskl_reference_weights_through_msg3d_test(tmp_path):
     np.testing.assert_allclose(probs, ref["logits"].softmax(-1).numpy(), rtol=0, atol=1e-5)
     assert metrics["model"] == {"base_channels": 96, "num_gcn_scales": 13, "num_g3d_scales": 6}
     assert metrics["checkpoint_format"] == "pyskl" and metrics["num_samples"] == 2
+
+
+def test_checkpoint_with_nan_weights_is_refused_and_nothing_written(tiny_store, tmp_path, capsys):
+    """A diverged run's NaN weights give NaN scores, whose argmax/argsort metrics would look real."""
+    torch.manual_seed(0)
+    model = build_model(3, layout="nturgb+d", in_channels=3, **REFERENCE["model"])
+    sd = model.state_dict()
+    sd["cls_head.fc_cls.weight"][1:] = float("nan")  # every sample, whatever its class
+    ckpt = _pyskl_file(tmp_path / "diverged.pth", sd)
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as info:
+        engine_test.evaluate_checkpoint(tiny_store, "tiny", ckpt, out / "s.pkl", num_clips=2, num_workers=0,
+                                        device="cpu", hparams={"clip_len": REFERENCE["clip_len"],
+                                                               "model": REFERENCE["model"]})
+    assert str(info.value) == (f"checkpoint {ckpt} gives non-finite scores (NaN or inf) for 6 of 6 samples "
+                               "(first: S001C001P012R001A001) (NaN weights? diverged run?); nothing written")
+    assert cli_main(["test", "--data", str(tiny_store), "--split", "tiny", "--checkpoint", str(ckpt),
+                     "--out", str(out / "s.pkl"), "--num-clips", "1", "--num-workers", "0", "--device", "cpu",
+                     "--hparams-json", TINY_HP_JSON]) == 2
+    assert "non-finite scores (NaN or inf) for 6 of 6 samples" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_hostile_checkpoint_is_refused_before_its_code_runs(tiny_store, tmp_path, capsys):
+    import os
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch '{tmp_path / 'MARK'}'",)
+
+    model = build_model(3, layout="nturgb+d", in_channels=3, **REFERENCE["model"])
+    ckpt = tmp_path / "evil.pth"
+    torch.save({"meta": {"hook": Payload()}, "state_dict": model.state_dict()}, ckpt)
+    assert cli_main(["test", "--data", str(tiny_store), "--split", "tiny", "--checkpoint", str(ckpt),
+                     "--out", str(tmp_path / "out" / "s.pkl"), "--num-workers", "0", "--device", "cpu",
+                     "--hparams-json", TINY_HP_JSON]) == 2
+    assert f"msg3d test: error: {ckpt}: not a loadable PyTorch checkpoint" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pth"]

@@ -7,6 +7,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from msg3d import fileio
 from msg3d.cli import main as cli_main
 from msg3d.data.dataset import SkeletonDataset
 from msg3d.engine.distributed import DistInfo
@@ -25,6 +27,7 @@ from msg3d.engine.hparams import resolve_hparams
 from msg3d.engine.loader import ResumableSampler, eval_loader, merge_rank_outputs, seed_worker
 from msg3d.engine.schedule import cosine_lr
 from msg3d.engine.loop import NonFiniteLossError
+from msg3d.engine.run_dir import lock_run_dir
 from msg3d.engine.saver import EPOCH_COLUMNS
 from msg3d.engine.train import state_checksum, train
 from msg3d.metrics import mean_class_accuracy, top_k_accuracy
@@ -66,6 +69,15 @@ def _checkpoints_logged(log_path):
         if record["type"] == "checkpoint":
             iters.append(record["iter"])
     return iters
+
+
+def _in_use(out, pid):
+    """``msg3d train``'s error line when process ``pid`` (on this host) trains in ``out``."""
+    return f"msg3d train: error: {out} is in use by another msg3d train (pid {pid} on {socket.gethostname()})\n"
+
+
+def _folder_bytes(out):
+    return {p.name: p.read_bytes() for p in out.iterdir()}
 
 
 def _kill_after_checkpoint(proc, run_dir, min_iter, stderr_path, timeout=300):
@@ -277,8 +289,10 @@ def test_kill_9_then_resume_is_bit_identical(flag, reference_run, tiny_store, tm
         # Snakemake deletes a job's declared outputs before rerunning it; latest.pth has what is needed
         for name in ("epochs.csv", "best.pth"):
             (out / name).unlink(missing_ok=True)
-    # what a kill inside an atomic write leaves behind
-    (out / ".latest.pth.tmp-x1y2z3").write_bytes(b"partial")
+    # what a kill inside an atomic write leaves behind: the temp of a writer that is gone
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    (out / f".latest.pth.tmp-{fileio._HOST}-{gone.pid}-x1y2z3").write_bytes(b"partial")
 
     assert cli_main(args + [flag]) == 0, capsys.readouterr().err  # the seed comes from config.json
     err = capsys.readouterr().err
@@ -397,6 +411,121 @@ def test_auto_resume_starts_fresh_when_config_or_code_differs(tiny_store, tmp_pa
     assert [r["iter"] for r in read_log(out / "log.jsonl", "checkpoint")] == [3]  # one run's, not two
 
 
+# ----------------------------------------------------------------------------- one writer per run folder
+
+
+def _hold_run_lock(out):
+    """A child process that holds RUN_DIR's lock, as a running ``msg3d train`` does, until killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom msg3d.engine.run_dir import lock_run_dir\n"
+         "with lock_run_dir(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(600)\n", str(out)],
+        cwd=REPO, env=ONE_THREAD_ENV, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "locked\n"
+    return holder
+
+
+@pytest.mark.slow
+def test_a_second_writer_is_refused_at_once_and_a_killed_holder_does_not_block(reference_run, tiny_store, tmp_path,
+                                                                               capsys):
+    out = tmp_path / "run"
+    shutil.copytree(reference_run, out)
+    before = _folder_bytes(out)
+    args = ["train", "--data", str(tiny_store), "--split", "tiny", "--out", str(out), "--device", "cpu"]
+    holder = _hold_run_lock(out)
+    try:
+        # another config, as a rerun after `snakemake --unlock` with an edited config: it would start fresh;
+        # the timeout fails a start that waits for the lock instead of refusing
+        second = subprocess.run([sys.executable, "-m", "msg3d", *args, "--auto-resume",
+                                 "--hparams-json", json.dumps(dict(REFERENCE, lr=0.05))],
+                                cwd=REPO, env=ONE_THREAD_ENV, capture_output=True, text=True, timeout=120)
+        assert (second.returncode, second.stderr) == (2, _in_use(out, holder.pid))
+        assert cli_main(args + ["--force", "--hparams-json", json.dumps(dict(REFERENCE, epochs=1))]) == 2
+        assert capsys.readouterr().err == _in_use(out, holder.pid)
+        after = _folder_bytes(out)
+        assert after.pop(".lock") == f"pid {holder.pid} on {socket.gethostname()}\n".encode()
+        assert after == before  # nothing read-and-deleted, nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert holder.returncode == -signal.SIGKILL and (out / ".lock").exists()  # left behind, but unlocked
+    assert cli_main(args + ["--auto-resume", "--hparams-json", json.dumps(REFERENCE)]) == 0
+    assert f"--auto-resume: {out / 'latest.pth'} has the same config; resuming" in capsys.readouterr().err
+    assert not (out / ".lock").exists()
+
+
+def test_the_run_folder_stays_locked_until_the_run_ends(tiny_store, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    hp = dict(TINY, epochs=2)
+    args = ["train", "--data", str(tiny_store), "--split", "tiny", "--out", str(out), "--device", "cpu",
+            "--hparams-json", json.dumps(hp)]
+    codes = []
+
+    def validate_while_another_starts(probs, labels, ks):  # at each epoch's end, in the middle of the run
+        codes.append(cli_main(args + ["--force"]))  # would start over in the folder
+        return [0.5, 1.0]
+
+    monkeypatch.setattr("msg3d.engine.loop.top_k_accuracy", validate_while_another_starts)
+    train(tiny_store, "tiny", out, hp, seed=0, device="cpu")
+    assert codes == [2, 2]
+    assert capsys.readouterr().err.count(_in_use(out, os.getpid())) == 2
+    assert [r["iter"] for r in read_log(out / "log.jsonl", "checkpoint")] == [3, 6]  # one run's
+    assert not (out / ".lock").exists()
+    monkeypatch.undo()
+    assert cli_main(args + ["--auto-resume"]) == 0  # released
+    assert "has the same config; resuming" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_config_json_and_latest_pth_of_different_runs_are_never_resumed(tiny_store, tmp_path, capsys):
+    hp_a, hp_b = dict(TINY, epochs=1), dict(TINY, epochs=1, lr=0.05)
+    out, fresh_b = tmp_path / "run", tmp_path / "b"
+    train(tiny_store, "tiny", out, hp_a, seed=0, device="cpu")
+    train(tiny_store, "tiny", fresh_b, hp_b, seed=0, device="cpu")
+    # what two unlocked writers left: B's config.json over A's checkpoints
+    shutil.copy(fresh_b / "config.json", out / "config.json")
+    before = _folder_bytes(out)
+    capsys.readouterr()
+    args = ["train", "--data", str(tiny_store), "--split", "tiny", "--out", str(out), "--device", "cpu",
+            "--hparams-json", json.dumps(hp_b)]
+    mixed = f"{out / 'latest.pth'} records another config (its meta.config) than {out / 'config.json'}"
+
+    assert cli_main(args + ["--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume: {mixed}:\n  derived.lr_used: 0.003125 -> 0.0015625\n  hparams.lr: 0.1 -> 0.05\n" in err
+    assert "--force" in err and _folder_bytes(out) == before
+
+    assert cli_main(args + ["--auto-resume"]) == 0
+    err = capsys.readouterr().err
+    assert (f"--auto-resume: {mixed}: derived.lr_used: 0.003125 -> 0.0015625; hparams.lr: 0.1 -> 0.05; "
+            f"starting fresh") in err
+    # the folder now holds B's run alone, as if it had been empty
+    config = json.loads((out / "config.json").read_text())
+    assert config == json.loads((fresh_b / "config.json").read_text())
+    assert torch.load(out / "latest.pth", weights_only=True)["meta"]["config"] == config
+    assert read_epochs(out / "epochs.csv") == read_epochs(fresh_b / "epochs.csv")
+    for name in ("latest.pth", "best.pth"):
+        assert_state_dicts_equal(load_state_dict(out / name), load_state_dict(fresh_b / name))
+
+
+@pytest.mark.slow
+def test_a_moved_project_resumes_instead_of_retraining(reference_run, tiny_store, tmp_path, capsys):
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(tiny_store, moved / "store")
+    shutil.copytree(reference_run, moved / "run")
+    out = moved / "run"
+    assert cli_main(["train", "--data", str(moved / "store"), "--split", "tiny", "--out", str(out), "--device", "cpu",
+                     "--hparams-json", json.dumps(REFERENCE), "--auto-resume"]) == 0
+    err = capsys.readouterr().err
+    assert f"--auto-resume: {out / 'latest.pth'} has the same config; resuming" in err
+    assert f"resuming from {out / 'latest.pth'} at iteration 27/27" in err
+    config, reference = (json.loads((d / "config.json").read_text()) for d in (out, reference_run))
+    assert config["data"].pop("store") == str((moved / "store").resolve())  # recorded anew, for information
+    reference["data"].pop("store")
+    assert config == reference
+    assert_state_dicts_equal(load_state_dict(out / "latest.pth"), load_state_dict(reference_run / "latest.pth"))
+    assert read_epochs(out / "epochs.csv") == read_epochs(reference_run / "epochs.csv")
+
+
 def test_auto_resume_excludes_resume_and_force(tmp_path):
     for other in ({"resume": True}, {"force": True}):
         with pytest.raises(ValueError, match="do not combine it with --resume or --force"):
@@ -433,12 +562,18 @@ def test_ddp_two_cpu_ranks_agree_and_rank0_writes_once(tmp_path):
     store = make_store(tmp_path / "store", num_train=11, num_val=7)
     out = tmp_path / "ddp"
     hp = dict(TINY, batch_size=3, lr_batch=6, checkpoint_interval=1)  # ceil(11 / 2) = 6 per rank: 2 iters/epoch
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "msg3d",
-         "train", "--data", str(store), "--split", "tiny", "--out", str(out), "--device", "cpu",
-         "--seed", "5", "--hparams-json", json.dumps(hp)],
-        cwd=REPO, env=ONE_THREAD_ENV, capture_output=True, text=True, timeout=300,
-    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "msg3d",
+               "train", "--data", str(store), "--split", "tiny", "--out", str(out), "--device", "cpu",
+               "--seed", "5", "--hparams-json", json.dumps(hp)]
+    # another msg3d train holds the folder: rank 0 is refused, and rank 1 stops with its error instead of waiting
+    with lock_run_dir(out):
+        proc = subprocess.run(command, cwd=REPO, env=ONE_THREAD_ENV, capture_output=True, text=True, timeout=300)
+    # (the ranks' lines may interleave: print writes the line end on its own)
+    refused = _in_use(out, os.getpid()).rstrip("\n")
+    assert proc.returncode != 0 and proc.stderr.count(refused) == 2, proc.stderr[-3000:]
+    assert not out.exists()
+
+    proc = subprocess.run(command, cwd=REPO, env=ONE_THREAD_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sums = dict(re.findall(r"rank (\d) final weights sha256 ([0-9a-f]{64})", proc.stderr))
     assert set(sums) == {"0", "1"} and sums["0"] == sums["1"], proc.stderr[-2000:]

@@ -80,7 +80,7 @@ def test_mismatched_order_is_rejected(tmp_path):
 def test_different_sample_sets_and_labels_are_rejected(tmp_path):
     j = write_stream(tmp_path, "j", J)
     b = write_stream(tmp_path, "b", B[:2], frame_dirs=FRAME_DIRS[:2], labels=LABELS[:2])
-    with pytest.raises(ValueError, match="cover different samples: 3 in .*j.pkl, 2 in .*b.pkl"):
+    with pytest.raises(ValueError, match="cover different samples: 3 in .*j_samples.csv, 2 in .*b_samples.csv"):
         fuse_files({"j": j, "b": b}, {"j": 1, "b": 1}, tmp_path / "x.json")
     b = write_stream(tmp_path, "b", B, labels=[0, 1, 1])
     with pytest.raises(ValueError, match="disagree on the label of sample S001C001P003R001A003"):
@@ -134,3 +134,80 @@ def test_cli(tmp_path, capsys):
     assert main(["fuse", "--scores", f"j={j}", f"b={b}", "--weights-json", '{"j": 1}', "--out", str(out)]) == 2
     assert "msg3d fuse: error: weights are given for ['j']" in capsys.readouterr().err
     assert main(["fuse", "--scores", f"j={j}", "--search", "0,x", "--out", str(out)]) == 2
+
+
+@pytest.mark.parametrize("search", [False, True])
+def test_non_finite_stream_is_refused_and_nothing_written(tmp_path, capsys, search):
+    j = write_stream(tmp_path, "j", J)
+    nan = J.copy()
+    nan[0] = np.nan
+    nan[2, 1] = np.inf
+    b = write_stream(tmp_path, "b", nan)
+    out = tmp_path / "out"
+    argv = ["fuse", "--scores", f"j={j}", f"b={b}", "--out", str(out / "f.json")]
+    argv += ["--search", "0,1,2"] if search else ["--out-scores", str(out / "f.pkl")]
+    assert main(argv) == 2
+    assert (f"msg3d fuse: error: {b}: non-finite scores (NaN or inf) for 2 of 3 samples (first: {FRAME_DIRS[0]}) "
+            "(from a diverged or corrupt checkpoint?); refusing to use them") in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_weights_that_overflow_are_refused():
+    # 1.7e308 * (0.6 + 0.5) and 1.7e308 * (0.4 + 0.8) exceed float64; sample 2 stays below (0.7 + 0.3)
+    with pytest.raises(ValueError, match=r"fusion with weights .* gives non-finite scores \(NaN or inf\) for 2 of 3 "
+                                         r"samples \(first: sample 0\) \(weights so large that the sum overflows\?\)"):
+        fuse_scores({"j": J, "b": B}, {"j": 1.7e308, "b": 1.7e308})
+
+
+def annotations(path, val_order):
+    """An annotation pickle whose xsub_val lists FRAME_DIRS in ``val_order`` (the annotations keep theirs)."""
+    anns = [{"frame_dir": d, "label": y, "total_frames": 2, "keypoint": np.zeros((1, 2, 25, 3), np.float16)}
+            for d, y in zip(FRAME_DIRS, LABELS)]
+    anns.insert(1, {**anns[0], "frame_dir": "S001C001P001R001A001"})  # a training sample between them
+    split = {"xsub_train": ["S001C001P001R001A001"], "xsub_val": [FRAME_DIRS[i] for i in val_order]}
+    path.write_bytes(pickle.dumps({"split": split, "annotations": anns}, protocol=2))
+    return path
+
+
+def pyskl_result(path, probs):
+    """PYSKL's tools/test.py --out: a list of float32 vectors (mmcv.dump, protocol 2), nothing beside it."""
+    path.write_bytes(pickle.dumps([np.asarray(p, dtype=np.float32) for p in probs], protocol=2))
+    return path
+
+
+def test_pyskl_results_fused_with_samples_from_the_annotations(tmp_path, capsys):
+    ann = annotations(tmp_path / "ann.pkl", val_order=[2, 0, 1])  # the split's own order does not matter
+    j, b = pyskl_result(tmp_path / "j_result.pkl", J), pyskl_result(tmp_path / "b_result.pkl", B)
+    out = tmp_path / "out"
+    assert main(["fuse", "--scores", f"j={j}", f"b={b}", "--ann", str(ann), "--split", "xsub_val",
+                 "--out", str(out / "2s.json"), "--out-scores", str(out / "2s.pkl")]) == 0
+    result = json.loads((out / "2s.json").read_text())
+    assert result["top1"] == 1.0 and result["num_samples"] == 3
+    assert result["streams"]["j"]["top1"] == pytest.approx(2 / 3)
+    probs, frame_dirs, labels = read_scores(out / "2s.pkl")
+    assert frame_dirs == FRAME_DIRS and labels.tolist() == LABELS  # annotation order, as PYSKL tests
+    np.testing.assert_allclose(probs, J + B, rtol=1e-6)
+
+    # a stream with its own sample list must agree with the annotations
+    ours = write_stream(tmp_path, "ours", J, frame_dirs=FRAME_DIRS[::-1], labels=LABELS[::-1])
+    assert main(["fuse", "--scores", f"ours={ours}", f"b={b}", "--ann", str(ann), "--split", "xsub_val",
+                 "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert (f"sample 0 is {FRAME_DIRS[2]} at line 2 of {tmp_path / 'ours_samples.csv'} but {FRAME_DIRS[0]} "
+            f"at position 0 of split 'xsub_val' of {ann}") in err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_pyskl_result_errors(tmp_path, capsys):
+    ann = annotations(tmp_path / "ann.pkl", val_order=[0, 1, 2])
+    j = pyskl_result(tmp_path / "j.pkl", J[:2])
+    base = ["fuse", "--scores", f"j={j}", "--out", str(tmp_path / "x.json")]
+    assert main(base + ["--ann", str(ann), "--split", "xsub_val"]) == 2
+    assert f"{j}: 2 score vectors but 3 samples in split 'xsub_val' of {ann}" in capsys.readouterr().err
+    assert main(base + ["--ann", str(ann), "--split", "xview_val"]) == 2
+    assert f"{ann}: no split 'xview_val'; its splits are xsub_train, xsub_val" in capsys.readouterr().err
+    assert main(base + ["--ann", str(ann)]) == 2
+    assert "--ann and --split go together" in capsys.readouterr().err
+    assert main(base) == 2  # without --ann a result.pkl has no samples
+    assert "j_samples.csv: sample list not found" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

@@ -4,13 +4,17 @@ Parity with PYSKL runs on every clone from the small references committed in tes
 the full-size reference in ../shared is checked in test_model_full_size.py."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import REPO, TEST_FIXTURES
-from msg3d.models import build_model
+from msg3d.models import MIN_BASE_CHANNELS, build_model
 from msg3d.models.gcn import MSGCN, SlidingWindows
 from msg3d.models.graph import binary_adjacency
 from msg3d.models.tcn import MSTCN
@@ -204,6 +208,103 @@ def test_mstcn_structure(c_in, c_out, stride, activation, widths):
         out = module(torch.randn(2, c_in, 9, 5).contiguous(memory_format=torch.channels_last))
     assert out.shape == (2, c_out, 5 if stride == 2 else 9, 5)
     assert (out.min() >= 0) == activation
+
+
+def run_isolated(code, *args, timeout=600):
+    """stdout of ``code`` run by a fresh one-thread Python in the checkout: a native crash (heap
+    corruption, segfault) then fails the test with its signal instead of killing pytest."""
+    proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code, *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    if proc.returncode != 0:
+        died = f"signal {signal.Signals(-proc.returncode).name}" if proc.returncode < 0 else f"exit {proc.returncode}"
+        pytest.fail(f"subprocess died ({died}) after:\n{proc.stdout[-1000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+STRIDED_MSTCN_GRADIENTS = """
+import copy, json, sys
+import torch
+from msg3d.models.tcn import MSTCN
+
+torch.set_num_threads(1)
+errors = {}
+for c_in, frames, joints in json.loads(sys.argv[1]):
+    torch.manual_seed(0)
+    module = MSTCN(c_in, 2 * c_in, stride=2).eval()  # eval: no BatchNorm cancellation in the gradients
+    reference = copy.deepcopy(module).double()  # oneDNN has no float64 kernels
+    x = torch.randn(32, c_in, frames, joints).contiguous(memory_format=torch.channels_last)
+    weights = torch.randn(32, 2 * c_in, (frames + 1) // 2, joints)
+    (module(x) * weights).sum().backward()
+    (reference(x.double()) * weights.double()).sum().backward()
+    errors[f"{c_in} channels x {frames} frames x {joints} joints"] = max(
+        ((p.grad.double() - q.grad).abs().max() / q.grad.abs().max()).item()
+        for p, q in zip(module.parameters(), reference.parameters()))
+print(json.dumps(errors))
+"""
+
+
+def test_strided_mstcn_of_narrow_models_has_float64_gradients():
+    """The strided MS-TCN of the second (third) stage of models with base_channels < 16 (< 8) at
+    T = 100 (50), NTU and COCO joints: a strided 1x1 conv there made oneDNN write out of bounds
+    (wrong weight and bias gradients, then a glibc abort or a segfault)."""
+    configs = [(6, 100, 25), (12, 100, 25), (14, 50, 25), (12, 100, 17)]
+    errors = json.loads(run_isolated(STRIDED_MSTCN_GRADIENTS, json.dumps(configs)))
+    assert len(errors) == len(configs)
+    # fp32 sums of up to 80000 terms: measured 5e-6 to 2e-5 of the largest gradient
+    assert max(errors.values()) < 1e-3, errors
+
+
+WIDTH_SWEEP = """
+import json, sys
+import torch
+import torch.nn.functional as F
+from msg3d.models import MIN_BASE_CHANNELS, build_model
+
+torch.set_num_threads(1)
+for frames in (1, 7, 100):
+    for width in range(MIN_BASE_CHANNELS, 33):
+        torch.manual_seed(0)
+        model = build_model(60, base_channels=width, num_gcn_scales=3, num_g3d_scales=2).train()
+        labels = torch.randint(0, 60, (16,))
+        F.cross_entropy(model(torch.randn(16, 2, frames, 25, 3)), labels).backward()
+        bad = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.isfinite().all()]
+        print(json.dumps([width, frames, bad]), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_every_buildable_width_trains_a_step():
+    """Batch 16, one thread, T in {1, 7, 100}, every base_channels from the smallest to 32 (4 and
+    5 cannot be built: test_unbuildable_networks_are_clear_errors)."""
+    steps = [json.loads(line) for line in run_isolated(WIDTH_SWEEP).splitlines()]
+    assert [(width, frames) for width, frames, _ in steps] == [
+        (width, frames) for frames in (1, 7, 100) for width in range(MIN_BASE_CHANNELS, 33)]
+    assert [step for step in steps if step[2]] == []  # parameters without a finite gradient
+
+
+def test_smallest_width_builds_with_one_channel_per_branch():
+    model = build_model(60, base_channels=MIN_BASE_CHANNELS)
+    assert [branch[0].out_channels for branch in model.backbone.sgcn1[1].branches] == [1, 1, 1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"base_channels": 5}, r"MSG3D base_channels must be an integer >= 6 \(the first MS-TCN gives each of its 6 "
+                           r"branches base_channels // 6 channels\), got 5$"),
+    ({"base_channels": 4}, r"base_channels must be an integer >= 6 .*, got 4$"),
+    ({"base_channels": 0}, r"base_channels must be an integer >= 6 .*, got 0$"),
+    ({"base_channels": 12.5}, r"base_channels must be an integer >= 6 .*, got 12.5$"),
+    ({"num_gcn_scales": 0}, r"num_gcn_scales must be an integer >= 1 .*, got 0$"),
+    ({"num_g3d_scales": 0}, r"num_g3d_scales must be an integer >= 1 .*, got 0$"),
+    ({"num_person": 0}, r"num_person must be an integer >= 1 .*, got 0$"),
+    ({"window_sizes": (3, 4)}, r"window_sizes must be one or more odd integers >= 1 .*, got \(3, 4\)$"),
+    ({"window_sizes": ()}, r"window_sizes must be one or more odd integers >= 1 .*, got \(\)$"),
+    ({"tcn_dropout": 1.5}, r"tcn_dropout must be a probability in \[0, 1\], got 1.5$"),
+    ({"num_classes": 0}, r"num_classes must be an integer >= 1 .*, got 0$"),
+])
+def test_unbuildable_networks_are_clear_errors(kwargs, message):
+    kwargs = {"num_classes": 60, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        build_model(**kwargs)
 
 
 @pytest.mark.parametrize("frames, window, stride", [(9, 3, 2), (10, 5, 2), (7, 3, 1), (6, 1, 1)])

@@ -541,6 +541,27 @@ def test_folder_errors(tmp_path):
         ntu_raw.convert_ntu(tmp_path, tmp_path / "out" / "a.pkl", "ntu60")
 
 
+def test_ntu120_refused_for_a_folder_of_ntu60_files(tmp_path):
+    raw = _raw_folder(tmp_path)
+    (raw / "S003C001P002R001A061.skeleton").unlink()  # NTU60's files only, ...
+    _write(raw, "S019C001P046R001A075.skeleton", b"1\n0\n")  # ... and one of NTU120 on the missing list
+    out = tmp_path / "out" / "ntu120.pkl"
+    with pytest.raises(ValueError) as info:
+        ntu_raw.convert_ntu(raw, out, "ntu120", jobs=1)
+    assert str(info.value) == (
+        f"{raw}: NTU RGB+D 120 skeleton files not detected (no file of action > 60 outside the missing list; "
+        "found 5 usable .skeleton file(s), setups S001-S003, actions A001-A059 (NTU RGB+D 60)), so it cannot be "
+        "converted as ntu120, as in PYSKL's ntu_preproc.py; use --dataset ntu60, or add NTU120's files "
+        "(setups S018-S032, actions A061-A120)"
+    )
+    assert not out.parent.exists()  # nothing written, not even skipped.tsv
+    ntu_raw.convert_ntu(raw, tmp_path / "60" / "ntu60.pkl", "ntu60", jobs=1)  # the same folder as ntu60 is fine
+    done = _cli(raw, out, "--dataset", "ntu120")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"msg3d convert-ntu: error: {raw}: NTU RGB+D 120 skeleton files not detected")
+    assert not out.parent.exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # command line
 
@@ -582,9 +603,9 @@ def test_no_heavy_imports():
 def test_real_files_match_pyskl(tmp_path):
     torch = pytest.importorskip("torch")
     ref = torch.load(shared_file(FIXTURES / "pyskl_ntu_real_ref.pt"), weights_only=True)["expected"]
-    raw = shared_file(REALDATA)
-    out = tmp_path / "ntu120.pkl"
-    ntu_raw.convert_ntu(raw, out, "ntu120", jobs=1)
+    raw = shared_file(REALDATA)  # NTU60 recordings: ntu120 would be refused
+    out = tmp_path / "ntu60.pkl"
+    ntu_raw.convert_ntu(raw, out, "ntu60", jobs=1)
     ann = pickle.loads(out.read_bytes())
     got = {a["frame_dir"]: a for a in ann["annotations"]}
     assert sorted(got) == sorted(ref) and len(ref) == 10

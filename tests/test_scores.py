@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from msg3d.fileio import write_csv_atomic
-from msg3d.scores import check_same_samples, read_scores, sibling_paths, summary_metrics, write_scores
+from msg3d.scores import check_same_samples, read_result, read_scores, sibling_paths, summary_metrics, write_scores
 
 # frame_dirs that break a CSV written by joining with commas, or a reader that strips or splits
 HOSTILE = ["a,b", 'say "hi"', "two  spaces ", " lead", "-rf", "ünï,cødé", '"', "", "x;y\ttab"]
@@ -138,18 +138,24 @@ def test_read_refuses_what_is_not_a_list_of_vectors(tmp_path):
 
 def test_check_same_samples_messages(tmp_path):
     def stream(name, frame_dirs=("A001", "A002", "A003"), labels=(0, 1, 2)):
-        return tmp_path / f"{name}.pkl", list(frame_dirs), np.asarray(labels)
+        return tmp_path / f"{name}_samples.csv", list(frame_dirs), np.asarray(labels)
 
     check_same_samples({"j": stream("j"), "b": stream("b")})
-    with pytest.raises(ValueError, match=r"streams 'j' and 'b' cover different samples: 3 in .*j.pkl, 2 in .*b.pkl"):
+    with pytest.raises(ValueError, match=r"streams 'j' and 'b' cover different samples: "
+                                         r"3 in .*j_samples.csv, 2 in .*b_samples.csv"):
         check_same_samples({"j": stream("j"), "b": stream("b", ["A001", "A002"], [0, 1])})
     with pytest.raises(ValueError, match=r"streams 'j' and 'b' list different samples or a different order: "
-                                         r"sample 1 \(line 3 of the sample lists\) is A002 in .*j_samples.csv "
-                                         r"but A003 in .*b_samples.csv"):
+                                         r"sample 1 is A002 at line 3 of .*j_samples.csv "
+                                         r"but A003 at line 3 of .*b_samples.csv"):
         check_same_samples({"j": stream("j"), "b": stream("b", ["A001", "A003", "A002"])})
-    with pytest.raises(ValueError, match=r"streams 'j' and 'b' disagree on the label of sample A003 \(line 4\): "
-                                         r"2 in .*j_samples.csv, 0 in .*b_samples.csv"):
+    with pytest.raises(ValueError, match=r"streams 'j' and 'b' disagree on the label of sample A003: "
+                                         r"2 at line 4 of .*j_samples.csv, 0 at line 4 of .*b_samples.csv"):
         check_same_samples({"j": stream("j"), "b": stream("b", labels=[0, 1, 0])})
+    # a PYSKL result's samples come from a split of an annotation pickle: positions, not lines
+    with pytest.raises(ValueError, match=r"sample 1 is A002 at line 3 of .*j_samples.csv "
+                                         r"but A003 at position 1 of split 'xsub_val' of ann.pkl"):
+        check_same_samples({"j": stream("j"),
+                            "r": ("split 'xsub_val' of ann.pkl", ["A001", "A003", "A002"], np.arange(3))})
 
 
 def test_summary_metrics():
@@ -167,3 +173,93 @@ def test_write_csv_atomic(tmp_path):
         write_csv_atomic(path, ["a", "b"], [[3, "ok"], [4, "c\rd"]])
     assert path.read_bytes() == b'a,b\n1,"x,y"\n2,"q"""\n'  # the previous file, untouched
     assert [p.name for p in tmp_path.iterdir()] == ["t.csv"]
+
+
+class Payload:
+    """Unpickles by running ``os.system(command)``: what a hostile pickle from elsewhere does."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (self.command,)
+
+
+def test_hostile_scores_pickle_is_refused(tmp_path):
+    paths = _stream(tmp_path)
+    marker = tmp_path / "MARK"
+    paths.scores.write_bytes(pickle.dumps([Payload(f"touch '{marker}'")], protocol=2))
+    with pytest.raises(ValueError) as info:
+        read_scores(paths.scores)
+    assert str(info.value) == (f"{paths.scores}: refused to load: it asks for posix.system, which a scores pickle "
+                               "never holds (a pickle from elsewhere can run code)")
+    with pytest.raises(ValueError, match="refused to load: it asks for posix.system"):
+        read_result(paths.scores, ["A001"], [0], "split 'xsub_val' of ann.pkl")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["fuse", "--scores", "j={ok}", "b={bad}", "--out", "{out}/fused.json"],
+    ["fuse", "--scores", "j={ok}", "b={bad}", "--search", "0,1", "--out", "{out}/fused.json"],
+    ["fuse", "--scores", "j={ok}", "b={bad}", "--ann", "{out}/ann.pkl", "--split", "xsub_val",
+     "--out", "{out}/fused.json"],
+    ["plot", "confusion", "--scores", "{bad}", "--out", "{out}/confusion.svg"],
+    ["plot", "per-class", "--scores", "j={ok}", "b={bad}", "--out", "{out}/per_class.svg"],
+])
+def test_every_command_that_reads_scores_refuses_a_hostile_pickle(tmp_path, argv, capsys):
+    from msg3d.cli import main
+
+    ok = _stream(tmp_path, "ok").scores
+    bad = _stream(tmp_path, "bad").scores
+    marker = tmp_path / "MARK"
+    bad.write_bytes(pickle.dumps([Payload(f"touch '{marker}'")], protocol=2))
+    out = tmp_path / "out"
+    out.mkdir()
+    names = ["A001", "A002", "A003", "A004"]
+    ann = {"split": {"xsub_val": names}, "annotations": [
+        {"frame_dir": n, "label": y, "total_frames": 2, "keypoint": np.zeros((1, 2, 25, 3), np.float32)}
+        for n, y in zip(names, (0, 1, 2, 1))]}
+    (out / "ann.pkl").write_bytes(pickle.dumps(ann))
+    assert main([a.format(ok=ok, bad=bad, out=out) for a in argv]) == 2
+    assert f"{bad}: refused to load: it asks for posix.system" in capsys.readouterr().err
+    assert not marker.exists()
+    assert [p.name for p in out.iterdir()] == ["ann.pkl"]
+
+
+def test_non_finite_scores_are_refused_when_written(tmp_path):
+    probs = PROBS.copy()
+    probs[1, 2] = np.nan
+    probs[3, 0] = np.inf
+    with pytest.raises(ValueError) as info:
+        write_scores(tmp_path / "s.pkl", probs, ["A001", "A002", "A003", "A004"], [0, 1, 2, 1], {"top1": 0.5})
+    assert str(info.value) == (f"{tmp_path / 's.pkl'}: refusing to write non-finite scores (NaN or inf) for 2 of 4 "
+                               "samples (first: A002); nothing written")
+    assert not list(tmp_path.iterdir())
+
+
+def test_non_finite_scores_are_refused_when_read(tmp_path):
+    paths = _stream(tmp_path)
+    vectors = [row.copy() for row in PROBS]
+    vectors[2][:] = np.nan
+    paths.scores.write_bytes(pickle.dumps(vectors))
+    with pytest.raises(ValueError, match=r"s.pkl: non-finite scores \(NaN or inf\) for 1 of 4 samples \(first: A003\) "
+                                         r"\(from a diverged or corrupt checkpoint\?\); refusing to use them"):
+        read_scores(paths.scores)
+    with pytest.raises(ValueError, match=r"for 1 of 4 samples \(first: A003\)"):
+        read_result(paths.scores, ["A001", "A002", "A003", "A004"], [0, 1, 2, 1], "split 'xsub_val' of ann.pkl")
+
+
+def test_read_result_takes_the_samples_from_elsewhere(tmp_path):
+    """PYSKL's result.pkl: a list of float32 vectors (mmcv.dump: protocol 2), no samples CSV."""
+    path = tmp_path / "result.pkl"
+    path.write_bytes(pickle.dumps([row.astype(np.float32) for row in PROBS], protocol=2))
+    probs, frame_dirs, labels = read_result(path, ("A001", "A002", "A003", "A004"), [0, 1, 2, 1], "split")
+    np.testing.assert_array_equal(probs, PROBS.astype(np.float32))
+    assert probs.dtype == np.float64 and frame_dirs == ["A001", "A002", "A003", "A004"]
+    assert labels.dtype == np.int64 and labels.tolist() == [0, 1, 2, 1]
+    with pytest.raises(ValueError, match=r"result.pkl: 4 score vectors but 3 samples in split 'xsub_val' of ann.pkl"):
+        read_result(path, ["A001", "A002", "A003"], [0, 1, 2], "split 'xsub_val' of ann.pkl")
+    with pytest.raises(FileNotFoundError, match="none.pkl: scores file not found"):
+        read_result(tmp_path / "none.pkl", [], [], "split")

@@ -100,3 +100,35 @@ def test_errors_name_the_problem(tmp_path, capsys):
     assert code == 2
     assert "b.json: metrics file lacks 'top5'" in capsys.readouterr().err
     assert not (tmp_path / "a.md").exists()
+
+
+@pytest.mark.parametrize("key, value, shown", [
+    ("top1", float("nan"), "nan"), ("top5", float("inf"), "inf"), ("mean_class_accuracy", -0.5, "-0.5"),
+    ("top1", "0.9", "'0.9'"), ("top1", 90.0, "90.0"),
+])
+def test_non_finite_or_impossible_accuracies_are_refused(tmp_path, capsys, key, value, shown):
+    """A NaN accuracy (JSON's NaN, as json.dumps writes it) comes from non-finite scores."""
+    spec = make_spec(tmp_path)
+    path = Path(spec[0]["results"]["j"]["metrics"])
+    metrics = json.loads(path.read_text())
+    metrics[key] = value
+    path.write_text(json.dumps(metrics))
+    ref = REPO / "config" / "model_zoo_reference.yaml"
+    code = main(["table", "--spec-json", json.dumps(spec), "--reference", str(ref),
+                 "--out-md", str(tmp_path / "a.md"), "--out-csv", str(tmp_path / "a.csv")])
+    assert code == 2
+    assert (f"msg3d table: error: {path}: {key} is {shown}, not an accuracy in [0, 1] over its 10 samples "
+            "(non-finite scores from a diverged or corrupt checkpoint?); nothing written") in capsys.readouterr().err
+    assert not (tmp_path / "a.md").exists() and not (tmp_path / "a.csv").exists()
+
+
+def test_unreadable_metrics_files_are_named(tmp_path, capsys):
+    spec = make_spec(tmp_path)
+    path = Path(spec[0]["results"]["j"]["metrics"])
+    for text, message in (('{"top1": 0.5', "not valid JSON"), ("[0.5]", "expected a JSON object of metrics, got list"),
+                          ('{"top1": 0.5, "top5": 1, "mean_class_accuracy": 0.5, "num_samples": 2.5}',
+                           "num_samples must be a non-negative integer, got 2.5")):
+        path.write_text(text)
+        with pytest.raises(ValueError, match=f"{path.name}: {message}"):
+            write_table(spec, REPO / "config" / "model_zoo_reference.yaml", tmp_path / "a.md", tmp_path / "a.csv")
+    assert not (tmp_path / "a.md").exists()

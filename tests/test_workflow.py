@@ -1,18 +1,24 @@
 """The Snakemake workflow: lint, the DAG the config asks for, honest code digests, and one
 end-to-end run of the small demo (tests/e2e/config) in a temporary copy of the repository."""
 
+import argparse
+import ast
 import dataclasses
+import importlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
+from msg3d.cli import COMMANDS
 from msg3d.data.modality import MODALITIES
 from msg3d.data.splits import SPLIT_NAMES
 from msg3d.engine.hparams import HParams, ModelHParams, hparams_help
@@ -85,6 +91,22 @@ def edit_config(root, update):
     path.write_text(yaml.safe_dump(config))
 
 
+def shell_commands(output):
+    """The shell commands a `snakemake -n -p` run prints, one per job."""
+    return [line.removeprefix("Shell command: ") for line in output.splitlines() if line.startswith("Shell command: ")]
+
+
+def msg3d_args(command):
+    """The arguments msg3d's own parser makes of a rule's `python -m msg3d NAME ...` command (the
+    words the shell passes, up to the log redirection)."""
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "msg3d"], command
+    name, rest = words[3], words[4:words.index(">")]
+    parser = argparse.ArgumentParser(prog=f"msg3d {name}")
+    importlib.import_module(COMMANDS[name][0]).add_arguments(parser)
+    return name, parser.parse_args(rest)
+
+
 # --------------------------------------------------------------------------- lint and format
 
 
@@ -100,6 +122,100 @@ def test_snakefmt_check_is_clean():
         [sys.executable, "-m", "snakefmt", "--check", "workflow"], cwd=REPO, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------- shell quoting
+
+# params already built as several shell words, each quoted (workflow/rules/common.smk)
+WORD_LIST_PARAMS = {"params.launcher", "params.device", "params.reference", "params.scores", "params.runs"}
+
+
+def rule_shell_strings():
+    """{rule: shell string} of every rule, read from the rule files' text (snakefmt's layout: the
+    string literals on the lines under `shell:`, indented deeper)."""
+    commands = {}
+    for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        lines = smk.read_text().splitlines()
+        rule = None
+        for i, line in enumerate(lines):
+            if match := re.match(r"(?:rule|checkpoint) (\w+):", line):
+                rule = match[1]
+            if line.strip() == "shell:":
+                indent = len(line) - len(line.lstrip()) + 1
+                body = []
+                for literal in lines[i + 1:]:
+                    if not literal.strip() or len(literal) - len(literal.lstrip()) < indent:
+                        break
+                    body.append(ast.literal_eval(literal.strip()))
+                commands[rule] = "".join(body)
+    return commands
+
+
+def test_every_shell_placeholder_is_quoted():
+    """A placeholder without :q splits a path with a space into two words (and runs `$(...)`):
+    only the params that are already lists of quoted words may go in as they are."""
+    commands = rule_shell_strings()
+    assert {"import_pyskl", "convert_ntu", "derive", "train", "test", "fuse", "download_checkpoint"} <= set(commands)
+    unquoted = {
+        rule: bare
+        for rule, command in commands.items()
+        if (bare := [p for p in re.findall(r"{([^{}]+)}", command) if not p.endswith(":q")
+                     and p not in WORD_LIST_PARAMS])
+    }
+    assert not unquoted
+
+
+# file names with shell characters: a comma, both quotes, $, &, ( and a space, or a leading "-"
+# (argparse takes a word with a space for a value, so that one has none)
+SPACED = """a b,c 'd' "e" $f & (g)"""
+DASHED = """-a,b'c'"d"$e&(f)"""
+
+
+@pytest.mark.slow
+def test_hostile_paths_reach_msg3d_as_one_word_each(tmp_path):
+    """Dataset paths and checkpoints (relative with a leading "-", absolute with spaces, a URL)
+    holding shell characters: each reaches msg3d's parser as exactly the configured path, never as
+    an option; import-pyskl gets the dataset's release."""
+    root = copy_repo(tmp_path / "repo", REPO / "tests" / "e2e" / "config" / "config.yaml")
+    pickle, raw = f"{DASHED}.pkl", root / SPACED / f"{SPACED} raw"
+    (root / pickle).write_bytes(b"")
+    raw.mkdir(parents=True)
+    local = root / SPACED / f"{SPACED}.pth"
+    local.write_bytes(b"")
+    (root / f"{DASHED}.pth").write_bytes(b"")
+    url = f"https://example.org/{SPACED}/{DASHED}.pth"
+    checkpoints = {"xsub": {"j": f"{DASHED}.pth", "b": str(local), "jm": url}}
+
+    def hostile(config):
+        config["datasets"] = {
+            "pkl": {"source": "pyskl", "path": pickle, "ntu": "ntu120", "checkpoints": checkpoints},
+            "raw": {"source": "ntu_raw", "path": str(raw), "ntu": "ntu60"},
+        }
+
+    edit_config(root, hostile)
+    commands = shell_commands(snakemake(root, "-n", "-p", "all").stdout)
+    parsed = [msg3d_args(c) for c in commands if c.startswith("python -m msg3d ")]
+    imports = [args for name, args in parsed if name == "import-pyskl"]
+    assert [(a.annotations, a.dataset) for a in imports] == [(Path(pickle), "ntu120")]
+    assert [a.raw_dir for name, a in parsed if name == "convert-ntu"] == [raw]
+    tested = {os.path.normpath(a.checkpoint) for name, a in parsed if name == "test" and "/pkl/" in a.data}
+    assert tested == {f"{DASHED}.pth", str(local), "resources/checkpoints/pkl/xsub/jm.pth",
+                      "results/train/pkl/xsub/bm/latest.pth"}
+    downloads = [shlex.split(c) for c in commands if c.startswith("python -c ")]
+    assert [words[3] for words in downloads] == [url]
+
+
+def schema_errors(config):
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    return [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(config)]
+
+
+@pytest.mark.parametrize("name", ["my data", "a,b", "a'b", 'a"b', "a$b", "a&b", "a(b", "-a", "demo\n", "a/b", "a{b}"])
+def test_schema_refuses_dataset_and_scheme_names_that_are_not_plain_words(name):
+    """Names are wildcard values and folder names in every path and command."""
+    assert schema_errors({"datasets": {name: {"source": "demo"}}})
+    assert schema_errors({"datasets": {"demo": {"source": "demo"}}, "fusion": {name: {"j": 1}}})
+    assert not schema_errors({"datasets": {"a-b_1": {"source": "demo"}}, "fusion": {"a-b_1": {"j": 1}}})
 
 
 # --------------------------------------------------------------------------- the schema
@@ -183,6 +299,26 @@ def checkpoint_of_an_unused_modality(config):
         ),
         (lambda c: c["datasets"]["demo"].update(splits=["xset"]), "demo.splits: ['xset'] not defined for ntu60"),
         (checkpoint_of_an_unused_modality, "demo.checkpoints.xsub: modalities ['jm'] are not in modalities ['j', 'b']"),
+        # values that would pass `snakemake -n` and fail only when their job runs
+        (lambda c: c["fusion"]["2s"].update(j=float("inf")), "config: fusion.2s.j: the weight must be a finite number"),
+        (lambda c: c["fusion"]["4s"].update(bm=float("nan")), "config: fusion.4s.bm: the weight must be a finite"),
+        (lambda c: c["fusion_search"].update(grid=[0]), "config: fusion_search.grid: needs a positive weight"),
+        (lambda c: c["train"].update(lr=float("inf")), "config: train: hyper-parameter 'lr' must be finite"),
+        (lambda c: c["train"].update(weight_decay=float("nan")), "config: train: hyper-parameter 'weight_decay'"),
+        (lambda c: c["train"].update(nesterov=True, momentum=0), "config: train: hyper-parameter 'nesterov' needs a"),
+        (lambda c: c["train"]["model"].update(base_channels=4), "config: train: hyper-parameter 'model.base_channels'"),
+        (lambda c: c.update(seed=2**32), "4294967296 is greater than the maximum of 4294967295"),
+        (lambda c: c["test"].update(num_clips=2.0), "config: test.num_clips: 2.0 is not of type 'integer'"),
+        (lambda c: c["fusion_search"].update(grid=[0, 1.0]), "config: fusion_search.grid.1: 1.0 is not of type"),
+        (lambda c: c["datasets"].update({"my data": c["datasets"]["demo"]}), "'my data' does not match"),
+        (lambda c: c["datasets"]["demo"].update(source="pyskl", path="msg3d"),
+         "config: datasets.demo.path: 'msg3d' is not a file"),
+        (lambda c: c["datasets"]["demo"].update(source="ntu_raw", path="environment.yml"),
+         "config: datasets.demo.path: 'environment.yml' is not a folder"),
+        (lambda c: c["datasets"]["demo"].update(source="pyskl", path="x{y}.pkl"),
+         "config: datasets.demo.path: 'x{y}.pkl': Snakemake reads braces in an input path as wildcards"),
+        (lambda c: c["datasets"]["demo"].update(checkpoints={"xsub": {"j": "workflow"}}),
+         "config: datasets.demo.checkpoints.xsub.j: 'workflow' is not a file"),
     ],
 )
 def test_config_errors_are_caught_at_parse_time(tmp_path, update, message):

@@ -80,7 +80,12 @@ def derive_annotations(data, out_dir, layout, modality, *, num_classes=None, sou
     ``data`` is ``{'split': {...}, 'annotations': [...]}`` (validated here); ``num_classes``
     defaults to ``data['num_classes']`` if present, else max label + 1; ``source`` is an optional
     dict recorded in the meta (e.g. ``{'name': ..., 'sha256': ...}``). Written atomically: on
-    any error no store is left. Returns ``Path(out_dir)``.
+    any error no store is left. Refused with a ValueError naming the source, before any work
+    (``validate_annotations``): invalid annotations, labels outside ``[0, num_classes)``;
+    ``StoreWriter.finish`` refuses the labels as well, so no store that ``open_store`` would
+    refuse is written. Train/val leakage is refused where a release is declared (``import-pyskl
+    --dataset``), not here: toy and debugging stores may validate on their training samples.
+    Returns ``Path(out_dir)``.
     """
     layout = get_layout(layout) if isinstance(layout, str) else layout
     if modality not in MODALITIES:

@@ -484,6 +484,9 @@ def convert_ntu(raw_dir, out_path, dataset, jobs=None, strict=False, log=None):
     ``SkeletonFormatError`` instead. Files of actions outside ``dataset`` are left out. Both
     files are written atomically, the pickle last. Progress lines go to ``log`` (a text stream)
     if given. Returns a summary dict.
+
+    ``ntu120`` needs NTU120's files: a folder without a usable file of action > 60 raises
+    ValueError before anything is written (see ``_check_release``).
     """
     raw_dir, out_path = Path(raw_dir), Path(out_path)
     if dataset not in NUM_ACTIONS:
@@ -512,6 +515,7 @@ def convert_ntu(raw_dir, out_path, dataset, jobs=None, strict=False, log=None):
             skipped.append((file, "official-missing", "on the official list of samples with missing skeletons"))
         else:
             names.append(stem)
+    _check_release(raw_dir, names, dataset)
 
     annotations = _convert_all(raw_dir, names, skipped, jobs, strict, log)
     skipped.sort()
@@ -540,6 +544,29 @@ def convert_ntu(raw_dir, out_path, dataset, jobs=None, strict=False, log=None):
             file=log,
         )
     return summary
+
+
+def _check_release(raw_dir, names, dataset):
+    """Refuse ``ntu120`` for a folder of NTU60 files (``names``: the usable sample names).
+
+    PYSKL's rule (``tools/data/ntu_preproc.py``): the NTU120 files are detected when a file not on
+    the missing list has an action > 60; if none has, it prints "NTURGB+D 120 skeleton files not
+    detected" and writes no ``ntu120_3danno.pkl``. Converting anyway would give a 60-class
+    "ntu120" pickle (a dataset that is not what the config says).
+    """
+    parsed = [parse_ntu_name(name) for name in names]
+    if dataset != "ntu120" or any(n.action > NUM_ACTIONS["ntu60"] for n in parsed):
+        return
+    found = f"{len(names)} usable .skeleton file(s)"
+    if parsed:
+        setups, actions = [n.setup for n in parsed], [n.action for n in parsed]
+        found += (f", setups S{min(setups):03d}-S{max(setups):03d}, actions A{min(actions):03d}-A{max(actions):03d} "
+                  "(NTU RGB+D 60)")
+    raise ValueError(
+        f"{raw_dir}: NTU RGB+D 120 skeleton files not detected (no file of action > {NUM_ACTIONS['ntu60']} outside "
+        f"the missing list; found {found}), so it cannot be converted as ntu120, as in PYSKL's ntu_preproc.py; "
+        "use --dataset ntu60, or add NTU120's files (setups S018-S032, actions A061-A120)"
+    )
 
 
 def _convert_all(raw_dir, names, skipped, jobs, strict, log):
@@ -594,7 +621,12 @@ def add_arguments(parser):
     parser.add_argument(
         "out", metavar="OUT.pkl", type=Path, help="annotation pickle to write (skipped.tsv goes beside it)"
     )
-    parser.add_argument("--dataset", required=True, choices=list(NUM_ACTIONS), help="ntu60 keeps actions <= 60")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        choices=list(NUM_ACTIONS),
+        help="ntu60 keeps actions <= 60; ntu120 needs NTU120's files (some of action > 60)",
+    )
     parser.add_argument("--jobs", type=int, default=None, help="worker processes (default: all available cores)")
     parser.add_argument("--strict", action="store_true", help="fail on any malformed file instead of skipping it")
 

@@ -1,4 +1,5 @@
-"""PYSKL annotation pickles: load, validate, summarise (`msg3d import-pyskl ANN.pkl [--out OUT.pkl]`).
+"""PYSKL annotation pickles: load, validate, summarise
+(`msg3d import-pyskl ANN.pkl [--out OUT.pkl] [--dataset {ntu60,ntu120}]`).
 
 Accepts PYSKL's released ``ntu{60,120}_3danno.pkl`` (3D) and ``ntu{60,120}_hrnet.pkl`` (HRNet 2D)
 and our own ``convert-ntu`` output (REFERENCE §4.1)::
@@ -9,23 +10,41 @@ and our own ``convert-ntu`` output (REFERENCE §4.1)::
                       'keypoint_score': (M, T, V) float,         # 2D only
                       'img_shape': (h, w), 'original_shape': (h, w)}, ...]}   # 2D, optional
 
+Two variants that PYSKL's pipeline accepts are taken too, and converted to the form above (a note
+in the summary says so): 2D keypoints with the score packed as a third channel ``(M, T, V, 3)`` and
+no ``keypoint_score`` (PYSKL's ``PreNormalize2D`` reads the score from channel 3 then) are split
+into ``keypoint`` (x, y) and ``keypoint_score``; integer pixel keypoints (2D) are cast to float32.
+A 3-channel sample without ``keypoint_score`` is 2D, not 3D (x, y, z), when it carries
+``img_shape``/``original_shape`` (2D-only keys) or its joint count is a 2D layout's only (COCO's 17).
+
 Validation collects every problem it finds (keys, types, shapes, dtypes, label range, split
-names and members) and reports them together by ``frame_dir``, capped to a readable number.
-Torch-free.
+names and members) and reports them together by ``frame_dir``, capped to a readable number. An
+import (``import-pyskl``) also refuses samples on both sides of a ``X_train``/``X_val`` pair (each
+number would be inflated). Given the release (``ntu60``/``ntu120``), labels must be below its class
+count and split names its own (``msg3d.data.splits``).
+
+The pickle is read with ``msg3d.safe_pickle`` (containers, numpy arrays and scalars only), so a
+file from elsewhere cannot run code. Torch-free.
 """
 
 import collections
-import pickle
 from pathlib import Path
 
 import numpy as np
 
+from msg3d import safe_pickle
+from msg3d.data.splits import NUM_ACTIONS, SPLIT_NAMES
 from msg3d.fileio import write_pickle_atomic
+from msg3d.layouts import LAYOUTS
 
 MAX_REPORTED = 20
 
 # Split names that identify the dataset, hence the number of classes labels must stay below.
 _SPLIT_NUM_CLASSES = {"xview_train": 60, "xview_val": 60, "xset_train": 120, "xset_val": 120}
+
+# Joint counts of 2D layouts that no 3D layout has: 3 channels with such a count are x, y, score.
+_2D_ONLY_JOINTS = ({layout.num_joints for layout in LAYOUTS.values() if not layout.is_3d}
+                   - {layout.num_joints for layout in LAYOUTS.values() if layout.is_3d})
 
 
 class _Problems:
@@ -58,8 +77,16 @@ def _is_hw(value):
             and all(_is_int(v) and v > 0 for v in value))
 
 
+def _is_packed_2d(ann, channels, num_joints):
+    """Whether a sample holds 2D keypoints with the score packed as channel 3 (see module docstring)."""
+    return (channels == 3 and ann.get("keypoint_score") is None
+            and ("img_shape" in ann or "original_shape" in ann or num_joints in _2D_ONLY_JOINTS))
+
+
 def _check_sample(i, ann, problems, num_classes):
-    """Check one annotation dict; return its (frame_dir, kind, V) or None when unusable."""
+    """Check one annotation dict; return its (frame_dir, kind, V, conversions) or None when unusable.
+
+    ``conversions`` names the accepted variants to convert: "int" (integer 2D pixels), "packed"."""
     if not isinstance(ann, dict):
         problems.add(f"annotations[{i}]", f"expected a dict, got {type(ann).__name__}")
         return None
@@ -91,10 +118,14 @@ def _check_sample(i, ann, problems, num_classes):
     if kp.ndim != 4:
         problems.add(where, f"keypoint must be (M, T, V, C), got shape {kp.shape}")
         return None
-    if kp.dtype.kind != "f":
+    num_person, num_frames, num_joints, channels = kp.shape
+    packed = _is_packed_2d(ann, channels, num_joints)
+    conversions = ("packed",) if packed else ()
+    if kp.dtype.kind in "iu" and (channels == 2 or packed):
+        conversions = ("int", *conversions)  # pixels some detectors write as integers
+    elif kp.dtype.kind != "f":
         problems.add(where, f"keypoint dtype must be floating, got {kp.dtype}")
         return None
-    num_person, num_frames, num_joints, channels = kp.shape
     # M = 0 (no person detected) is legal: PYSKL feeds such samples as all-zero input
     if num_joints < 1:
         problems.add(where, f"keypoint has no joints, shape {kp.shape}")
@@ -105,27 +136,50 @@ def _check_sample(i, ann, problems, num_classes):
         problems.add(where, "keypoint contains NaN or inf")
 
     score = ann.get("keypoint_score")
-    if channels == 3:
+    if channels == 3 and not packed:
         kind = "3d"
         if score is not None:
             problems.add(where, "keypoint_score given with 3-channel keypoint (2D keypoints have C=2)")
-    elif channels == 2:
+    elif channels in (2, 3):
         kind = "2d"
-        if score is None:
-            problems.add(where, "2D keypoint (C=2) without keypoint_score")
-        elif not isinstance(score, np.ndarray) or score.dtype.kind != "f":
-            problems.add(where, "keypoint_score must be a floating numpy array")
-        elif score.shape != kp.shape[:3]:
-            problems.add(where, f"keypoint_score shape {score.shape} != keypoint (M, T, V) {kp.shape[:3]}")
-        elif not np.isfinite(score).all():
-            problems.add(where, "keypoint_score contains NaN or inf")
+        if not packed:  # a packed score is channel 3, checked with the keypoints
+            if score is None:
+                problems.add(where, "2D keypoint (C=2) without keypoint_score")
+            elif not isinstance(score, np.ndarray) or score.dtype.kind != "f":
+                problems.add(where, "keypoint_score must be a floating numpy array")
+            elif score.shape != kp.shape[:3]:
+                problems.add(where, f"keypoint_score shape {score.shape} != keypoint (M, T, V) {kp.shape[:3]}")
+            elif not np.isfinite(score).all():
+                problems.add(where, "keypoint_score contains NaN or inf")
         for key in ("img_shape", "original_shape"):
             if key in ann and not _is_hw(ann[key]):
                 problems.add(where, f"{key} must be (height, width) positive integers, got {ann[key]!r}")
     else:
         problems.add(where, f"keypoint must have 3 (x, y, z) or 2 (x, y) channels, got {channels}")
         return None
-    return frame_dir, kind, num_joints
+    return frame_dir, kind, num_joints, conversions
+
+
+def _convert(ann, conversions):
+    """Bring an accepted PYSKL variant to the documented form (in place)."""
+    if "int" in conversions:
+        ann["keypoint"] = ann["keypoint"].astype(np.float32)
+    if "packed" in conversions:
+        kp = ann["keypoint"]
+        ann["keypoint"], ann["keypoint_score"] = np.ascontiguousarray(kp[..., :2]), np.ascontiguousarray(kp[..., 2])
+
+
+def _conversion_notes(converted):
+    """Summary lines for the converted samples: ``converted`` maps conversion -> frame_dirs."""
+    notes = []
+    if converted["packed"]:
+        notes.append(f"{len(converted['packed'])} sample(s) hold 2D keypoints with the score packed as channel 3 "
+                     "(M, T, V, 3) and no keypoint_score, as PYSKL's PreNormalize2D reads them: split into "
+                     f"keypoint (x, y) and keypoint_score (first: {converted['packed'][0]})")
+    if converted["int"]:
+        notes.append(f"{len(converted['int'])} sample(s) hold integer pixel keypoints: cast to float32 "
+                     f"(first: {converted['int'][0]})")
+    return notes
 
 
 def _implied_num_classes(splits):
@@ -133,12 +187,57 @@ def _implied_num_classes(splits):
     return min(counts) if counts else None
 
 
-def validate_annotations(data, source="<annotations>", num_classes=None):
-    """Validate a PYSKL annotation dict in place; raise ``ValueError`` listing every problem.
+def _check_leakage(splits, problems):
+    """A sample on both sides of a split pair (``X_train``, ``X_val``) would be trained and tested on."""
+    for name, train in splits.items():
+        if not (isinstance(name, str) and name.endswith("_train") and isinstance(train, (list, tuple))):
+            continue
+        val_name = name[:-len("_train")] + "_val"
+        val = splits.get(val_name)
+        if not isinstance(val, (list, tuple)):
+            continue
+        val_members = {m for m in val if isinstance(m, str)}
+        both = list(dict.fromkeys(m for m in train if isinstance(m, str) and m in val_members))
+        if both:
+            shown = ", ".join(both[:MAX_REPORTED]) + (f" and {len(both) - MAX_REPORTED} more"
+                                                      if len(both) > MAX_REPORTED else "")
+            problems.add(f"split {name!r}", f"{len(both)} sample(s) are in both {name!r} and {val_name!r} "
+                                            f"(trained on and tested on, inflating every number): {shown}")
 
-    ``num_classes`` bounds the labels; if None, the dict's optional ``'num_classes'`` entry or the
-    split names (xview -> NTU60: 60, xset -> NTU120: 120) are used when present.
-    Returns ``data`` unchanged.
+
+def check_release(data, source, dataset):
+    """Raise a ValueError unless a validated annotation dict fits NTU release ``dataset``.
+
+    Its labels must be < ``NUM_ACTIONS[dataset]`` (60 or 120 classes) and its split names among
+    ``SPLIT_NAMES[dataset]`` (``msg3d.data.splits``, PYSKL's names); the message names ``source``
+    and the first offending sample (or split).
+    """
+    if dataset not in NUM_ACTIONS:
+        raise ValueError(f"unknown NTU release {dataset!r}; expected one of {', '.join(NUM_ACTIONS)}")
+    num_classes = NUM_ACTIONS[dataset]
+    out = [a for a in data["annotations"] if a["label"] >= num_classes]
+    if out:
+        first = out[0]
+        more = f" (and {len(out) - 1} more sample(s) with labels >= {num_classes})" if len(out) > 1 else ""
+        raise ValueError(f"{source}: declared {dataset}, but {first['frame_dir']} has label {first['label']} "
+                         f"(action {first['label'] + 1}){more}; {dataset} labels are < {num_classes}")
+    foreign = [name for name in data["split"] if name not in SPLIT_NAMES[dataset]]
+    if foreign:
+        raise ValueError(f"{source}: declared {dataset}, but it has split(s) {', '.join(map(repr, foreign))}; "
+                         f"{dataset} splits are {', '.join(SPLIT_NAMES[dataset])}")
+
+
+def validate_annotations(data, source="<annotations>", num_classes=None, dataset=None, disjoint_splits=False):
+    """Validate a PYSKL annotation dict, converting accepted variants in place; return notes on them.
+
+    Raises ``ValueError`` listing every problem. ``num_classes`` bounds the labels; if None, the
+    dict's optional ``'num_classes'`` entry or the split names (xview -> NTU60: 60, xset -> NTU120:
+    120) are used when present. ``dataset`` (``'ntu60'``/``'ntu120'``), if given, is the release the
+    file must fit (``check_release``). With ``disjoint_splits`` (implied by ``dataset``: a release's
+    pairs never overlap) a sample on both sides of a split pair ``X_train``/``X_val`` is a problem:
+    it would be trained and tested on. Toy files may overlap on purpose, so only imports check it.
+    The variants of the module docstring are converted only when the whole file is valid; the
+    returned list holds one summary line per kind of conversion.
     """
     problems = _Problems(source)
     if not isinstance(data, dict):
@@ -163,13 +262,16 @@ def validate_annotations(data, source="<annotations>", num_classes=None):
 
     seen = collections.Counter()
     kinds = collections.defaultdict(list)  # (kind, V) -> frame_dirs
+    to_convert = []
     for i, ann in enumerate(annotations):
         if isinstance(ann, dict) and isinstance(ann.get("frame_dir"), str):
             seen[ann["frame_dir"]] += 1  # even if unusable: its split entries are not the problem
         checked = _check_sample(i, ann, problems, num_classes)
         if checked is not None:
-            frame_dir, kind, num_joints = checked
+            frame_dir, kind, num_joints, conversions = checked
             kinds[(kind, num_joints)].append(frame_dir)
+            if conversions:
+                to_convert.append((ann, conversions))
     for frame_dir, count in seen.items():
         if count > 1:
             problems.add(frame_dir, f"frame_dir appears {count} times in annotations")
@@ -194,29 +296,56 @@ def validate_annotations(data, source="<annotations>", num_classes=None):
             problems.add(str(member), f"listed in split {name!r} but has no annotation")
         if len(unknown) > MAX_REPORTED:
             problems.add(f"split {name!r}", f"{len(unknown)} frame_dirs without annotation in total")
+    if disjoint_splits or dataset is not None:
+        _check_leakage(splits, problems)
     problems.raise_if_any()
-    return data
+    if dataset is not None:
+        check_release(data, source, dataset)
+
+    converted = {"packed": [], "int": []}
+    for ann, conversions in to_convert:
+        _convert(ann, conversions)
+        for conversion in conversions:
+            converted[conversion].append(ann["frame_dir"])
+    return _conversion_notes(converted)
 
 
-def load_annotations(path, num_classes=None):
-    """Load and validate a PYSKL annotation pickle; return the dict (see module docstring).
-
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file and every
-    problem by ``frame_dir``. Only load pickles you trust (pickle can run code).
-    """
+def _read(path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"annotation file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            data = pickle.load(f)
-    except Exception as exc:  # a corrupt pickle can raise almost anything
-        raise ValueError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from exc
-    return validate_annotations(data, source=str(path), num_classes=num_classes)
+    return safe_pickle.load(path, "an annotation pickle")
 
 
-def summarize(data):
-    """A few lines describing a validated annotation dict."""
+def load_annotations(path, num_classes=None, dataset=None, disjoint_splits=False):
+    """Load and validate a PYSKL annotation pickle; return the dict (see module docstring).
+
+    ``num_classes``, ``dataset`` and ``disjoint_splits``: see ``validate_annotations``. Raises
+    ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file: for a global the
+    format never holds (the pickle is not run, ``msg3d.safe_pickle``) and for every problem by
+    ``frame_dir``.
+    """
+    data = _read(path)
+    validate_annotations(data, source=str(path), num_classes=num_classes, dataset=dataset,
+                         disjoint_splits=disjoint_splits)
+    return data
+
+
+def split_samples(data, split, source):
+    """``(frame_dirs, labels (N,) int64)`` of split ``split`` of a validated annotation dict.
+
+    The split's annotations in annotation order, as PYSKL's PoseDataset lists them (so its test
+    results are in this order). ``source`` names the file in the ValueError for an unknown split.
+    """
+    if split not in data["split"]:
+        raise ValueError(f"{source}: no split {split!r}; its splits are {', '.join(map(str, data['split']))}")
+    members = set(data["split"][split])
+    annotations = [a for a in data["annotations"] if a["frame_dir"] in members]
+    return [a["frame_dir"] for a in annotations], np.array([a["label"] for a in annotations], dtype=np.int64)
+
+
+def summarize(data, notes=()):
+    """A few lines describing a validated annotation dict, then ``notes`` (``validate_annotations``')."""
     anns = data["annotations"]
     kp0 = anns[0]["keypoint"]
     kind = "2D (x, y + keypoint_score)" if kp0.shape[-1] == 2 else "3D (x, y, z)"
@@ -230,6 +359,7 @@ def summarize(data):
         "persons: " + ", ".join(f"M={m}: {n}" for m, n in sorted(persons.items())),
         f"labels: {len(np.unique(labels))} distinct, range {labels.min()}..{labels.max()}",
         "splits: " + ", ".join(f"{name} {len(members)}" for name, members in data["split"].items()),
+        *(f"note: {note}" for note in notes),
     ]
     return "\n".join(lines)
 
@@ -238,12 +368,17 @@ def add_arguments(parser):
     parser.add_argument("annotations", type=Path, help="PYSKL annotation pickle (3D or HRNet 2D)")
     parser.add_argument("--out", type=Path, help="write a validated copy here (atomically)")
     parser.add_argument("--num-classes", type=int, help="labels must be below this (default: inferred)")
+    parser.add_argument("--dataset", choices=sorted(NUM_ACTIONS),
+                        help="the NTU release the file must be: labels below its class count, its split names")
 
 
 def run(args):
-    data = load_annotations(args.annotations, num_classes=args.num_classes)
+    data = _read(args.annotations)
+    # the gate for files from elsewhere: train/val leakage is refused with or without --dataset
+    notes = validate_annotations(data, source=str(args.annotations), num_classes=args.num_classes,
+                                 dataset=args.dataset, disjoint_splits=True)
     print(f"{args.annotations}: OK")
-    print(summarize(data))
+    print(summarize(data, notes))
     if args.out is not None:
         write_pickle_atomic(args.out, data)
         print(f"wrote {args.out}")

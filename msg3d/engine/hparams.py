@@ -32,7 +32,9 @@ def _param(default, help, minimum=None, above=False, below=None):
 class ModelHParams:
     """Width and depth of MS-G3D (PYSKL's defaults)."""
 
-    base_channels: int = _param(96, "channels of the first block (doubled twice across the network)", 1)
+    # 6 = msg3d.models.MIN_BASE_CHANNELS (not imported: it would load torch where the workflow parses
+    # its config); tests/test_engine_hparams.py keeps the two equal
+    base_channels: int = _param(96, "channels of the first block (doubled twice across the network)", 6)
     num_gcn_scales: int = _param(13, "hop scales of the multi-scale GCN", 1)
     num_g3d_scales: int = _param(6, "hop scales of the G3D (space-time window) graph convolution", 1)
 

@@ -9,7 +9,8 @@ checkpoint path + sha256, config (ours, from the checkpoint), ...
 Checkpoints: ours (``meta['config']`` holds the resolved training config, so the model's width,
 scales and clip length come from it) or PYSKL's released ``.pth`` files (full-size model by
 default, or the ``model``/``clip_len`` of ``--hparams``). The number of classes, the layout and
-the channel count come from the store; a checkpoint that does not fit them is refused.
+the channel count come from the store; a checkpoint that does not fit them is refused, and so is
+one that gives non-finite scores (nothing is written then).
 """
 
 import dataclasses
@@ -25,7 +26,7 @@ from msg3d.engine.evaluate import predict
 from msg3d.engine.hparams import load_hparams, resolve_hparams
 from msg3d.engine.progress import Progress
 from msg3d.fileio import sha256_file
-from msg3d.scores import sibling_paths, summary_metrics, write_scores
+from msg3d.scores import check_finite, sibling_paths, summary_metrics, write_scores
 
 
 def eval_split_name(store, store_dir, split):
@@ -118,6 +119,9 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
     bar = Progress(len(loader), min_seconds=progress_seconds)
     probs = predict(model, loader, device, amp,
                     progress=lambda i: bar.update(i, f"testing {len(ds)} samples x {num_clips} clips"))
+    # NaN weights (a diverged run, a corrupt file) give NaN scores, whose metrics would look real
+    check_finite(probs, f"checkpoint {checkpoint} gives", ds.frame_dirs,
+                 " (NaN weights? diverged run?); nothing written")
     labels = np.asarray(ds.labels, dtype=np.int64)
     paths = sibling_paths(out, metrics_path)
     metrics = {

@@ -5,8 +5,8 @@ data store + meta, split, runtime: device, amp, compile, world size; derived num
 iterations; and ``code_digest``, ``msg3d.provenance``'s digest of the training code, the value the
 workflow's train rule tracks), so that a run is never continued by a different config or code.
 The other records (latest.pth, best.pth, epochs.csv, log.jsonl) are ``msg3d.engine.saver``'s; the
-fresh/resume/refuse decision is ``msg3d.engine.run_dir``'s; one epoch and validation are
-``msg3d.engine.loop``'s.
+fresh/resume/refuse decision and the lock that keeps a second ``msg3d train`` out of RUN_DIR are
+``msg3d.engine.run_dir``'s; one epoch and validation are ``msg3d.engine.loop``'s.
 
 Determinism: the training order depends only on (seed, epoch) and each item's sampling on (seed,
 epoch, item), never on the number of data workers; on CPU deterministic algorithms are on, so the
@@ -26,6 +26,7 @@ statistics are per process as in PYSKL, and rank 0's are adopted by all ranks be
 """
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -44,7 +45,7 @@ from msg3d.engine.hparams import hparams_help, load_hparams, resolve_hparams
 from msg3d.engine.loader import eval_loader, iterations_per_epoch, train_loader
 from msg3d.engine.loop import EpochClock, TrainState, epoch_row, train_one_epoch, validate
 from msg3d.engine.progress import Progress
-from msg3d.engine.run_dir import RUN_FILES, prepare_run_dir, remove_stale_temporaries
+from msg3d.engine.run_dir import RUN_FILES, lock_run_dir, prepare_run_dir
 from msg3d.engine.saver import CheckpointSaver
 from msg3d.engine.schedule import CosineSchedule, build_optimizer
 from msg3d.fileio import write_json_atomic
@@ -112,6 +113,8 @@ def train(data, split, out, hparams=None, *, resume=False, auto_resume=False, fo
 
     ``hparams``: an ``HParams`` or a mapping of overrides of its defaults.
     """
+    if seed is not None and not 0 <= seed < 2**32:
+        raise ValueError(f"--seed must be in [0, 2**32) (numpy's seed range), got {seed}")
     if auto_resume and (resume or force):
         raise ValueError("--auto-resume decides by itself between resuming and starting over: "
                          "do not combine it with --resume or --force")
@@ -122,26 +125,30 @@ def train(data, split, out, hparams=None, *, resume=False, auto_resume=False, fo
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank)
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        if device.type == "cpu":
-            torch.use_deterministic_algorithms(True)
-        else:
-            torch.backends.cudnn.benchmark = True
-        return _train(data, split, Path(out), hp, info, resume, auto_resume, force, seed, device, amp,
-                      compile_model, progress_seconds)
-    finally:
-        torch.use_deterministic_algorithms(previous_deterministic)
-        distmod.shutdown(info)
+    with contextlib.ExitStack() as run_lock:  # rank 0's lock on RUN_DIR (taken in _decide_run), released last
+        try:
+            if device.type == "cpu":
+                torch.use_deterministic_algorithms(True)
+            else:
+                torch.backends.cudnn.benchmark = True
+            return _train(data, split, Path(out), hp, info, resume, auto_resume, force, seed, device, amp,
+                          compile_model, progress_seconds, run_lock)
+        finally:
+            torch.use_deterministic_algorithms(previous_deterministic)
+            distmod.shutdown(info)
 
 
-def _decide_run(data, split, out, hp, info, resume, auto_resume, force, seed, device, amp, compile_model):
-    """Open the store, build the config and decide fresh/resume on rank 0; every rank gets the
-    outcome: ``(store, config, resume_from or None, train split name, val split name)``."""
+def _decide_run(data, split, out, hp, info, resume, auto_resume, force, seed, device, amp, compile_model,
+                run_lock):
+    """Open the store, lock RUN_DIR (into the ExitStack ``run_lock``), build the config and decide
+    fresh/resume on rank 0; every rank gets the outcome, or raises rank 0's error:
+    ``(store, config, resume_from or None, train split name, val split name)``."""
     store = open_store(data)
     train_split, val_split = split_pair(store, data, split)
     decision = None
     if info.is_main:
         try:
+            run_lock.enter_context(lock_run_dir(out))
             n_train = len(store.splits[train_split])
             n_val = len(store.splits[val_split])
             iters_per_epoch = iterations_per_epoch(n_train * hp.repeat, info.world_size, hp.batch_size)
@@ -151,7 +158,7 @@ def _decide_run(data, split, out, hp, info, resume, auto_resume, force, seed, de
             config, resume_from = prepare_run_dir(out, config, seed_given=seed is not None, resume=resume,
                                                   force=force, auto_resume=auto_resume)
             decision = {"config": config, "resume_from": str(resume_from) if resume_from else None}
-        except (ValueError, FileNotFoundError) as exc:
+        except (ValueError, OSError) as exc:  # e.g. the folder in use: every rank must stop, not wait
             decision = {"error": exc}
     decision = distmod.broadcast_object(info, decision)
     if "error" in decision:
@@ -160,12 +167,12 @@ def _decide_run(data, split, out, hp, info, resume, auto_resume, force, seed, de
 
 
 def _train(data, split, out, hp, info, resume, auto_resume, force, seed, device, amp, compile_model,
-           progress_seconds):
+           progress_seconds, run_lock):
     from msg3d.data.dataset import SkeletonDataset
     from msg3d.models import build_model
 
     store, config, resume_from, train_split, val_split = _decide_run(
-        data, split, out, hp, info, resume, auto_resume, force, seed, device, amp, compile_model)
+        data, split, out, hp, info, resume, auto_resume, force, seed, device, amp, compile_model, run_lock)
     run_seed = config["seed"]
     train_ds = SkeletonDataset(data, train_split, clip_len=hp.clip_len, num_clips=1, test_mode=False,
                                seed=run_seed, repeat=hp.repeat)
@@ -174,7 +181,6 @@ def _train(data, split, out, hp, info, resume, auto_resume, force, seed, device,
         lambda msg: None)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out)
         if resume_from is None:
             for name in RUN_FILES:
                 (out / name).unlink(missing_ok=True)
@@ -260,8 +266,9 @@ def add_arguments(parser):
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true", help="continue from RUN_DIR/latest.pth")
     resume.add_argument("--auto-resume", action="store_true",
-                        help="continue from RUN_DIR/latest.pth if RUN_DIR/config.json equals the new config "
-                             "(code digest included), else start over (for workflows; says which on stderr)")
+                        help="continue from RUN_DIR/latest.pth if RUN_DIR/config.json and the config latest.pth "
+                             "records equal the new config (code digest included), else start over (for "
+                             "workflows; says which on stderr)")
     parser.add_argument("--force", action="store_true",
                         help="overwrite a run folder whose config differs (or resume despite differences)")
     parser.add_argument("--seed", type=int, default=None,

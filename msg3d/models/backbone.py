@@ -1,5 +1,7 @@
 """The MS-G3D backbone as packaged in PYSKL (REFERENCE §2.2)."""
 
+import numbers
+
 import torch
 import torch.nn as nn
 
@@ -8,6 +10,20 @@ from msg3d.models.g3d import MW_MSG3DBlock
 from msg3d.models.gcn import MSGCN
 from msg3d.models.graph import binary_adjacency
 from msg3d.models.tcn import MSTCN
+
+# The first stage's MS-TCN splits base_channels over its 6 branches, base_channels // 6 channels
+# each (PYSKL's rule): fewer would leave its branches without channels.
+MIN_BASE_CHANNELS = 6
+
+
+def check_count(name, value, minimum, reason):
+    """``value`` as an integer >= ``minimum``, else ValueError naming ``name``, the bound and ``reason``.
+
+    Bools and fractional numbers are refused: PYSKL's layers take channel and scale counts as ints.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"MSG3D {name} must be an integer >= {minimum} ({reason}), got {value!r}")
+    return int(value)
 
 
 class MSG3D(nn.Module):
@@ -22,6 +38,11 @@ class MSG3D(nn.Module):
     ``sgcn_i`` = MSGCN(``num_gcn_scales``) -> MSTCN (with the stride) -> MSTCN without ReLU,
     ``gcn3d_i`` = multi-window G3D (``window_sizes``, ``num_g3d_scales``), ``tcn_i`` = MSTCN.
     Construction order matches PYSKL's, so ``torch.manual_seed`` gives PYSKL's initialisation.
+
+    Raises ValueError, naming the argument and its smallest allowed value, for a network that
+    cannot be built: ``base_channels`` < ``MIN_BASE_CHANNELS``, fewer than one scale or person,
+    no window, an even window size (its window has no centre frame, so the G3D path would not keep
+    T) or ``tcn_dropout`` outside [0, 1].
     """
 
     def __init__(self, layout="nturgb+d", in_channels=3, base_channels=96, num_gcn_scales=13, num_g3d_scales=6,
@@ -29,6 +50,18 @@ class MSG3D(nn.Module):
         super().__init__()
         if in_channels != 3:
             raise ValueError(f"MSG3D takes 3 input channels (PYSKL wires 3 into its first blocks), got {in_channels}")
+        base_channels = check_count("base_channels", base_channels, MIN_BASE_CHANNELS,
+                                    "the first MS-TCN gives each of its 6 branches base_channels // 6 channels")
+        num_gcn_scales = check_count("num_gcn_scales", num_gcn_scales, 1, "the scales start with the joint itself")
+        num_g3d_scales = check_count("num_g3d_scales", num_g3d_scales, 1, "the scales start with the joint itself")
+        num_person = check_count("num_person", num_person, 1, "persons per sample")
+        window_sizes = tuple(window_sizes)
+        if not window_sizes or any(isinstance(w, bool) or not isinstance(w, numbers.Integral) or w < 1 or w % 2 == 0
+                                   for w in window_sizes):
+            raise ValueError(f"MSG3D window_sizes must be one or more odd integers >= 1 (a G3D window is centred "
+                             f"on its frame), got {window_sizes}")
+        if not 0 <= tcn_dropout <= 1:
+            raise ValueError(f"MSG3D tcn_dropout must be a probability in [0, 1], got {tcn_dropout!r}")
         self.layout = get_layout(layout).name
         adj = binary_adjacency(self.layout)
         self.register_buffer("A", torch.tensor(adj, dtype=torch.float32))

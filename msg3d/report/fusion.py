@@ -5,7 +5,9 @@ clip-averaged probability vectors; the fused score of a sample is the weighted s
 vectors, with no further softmax or normalisation (two-stream = 1 J : 1 B, four-stream =
 2 J : 2 B : 1 JM : 1 BM). A *stream* is the ``SCORES.pkl`` written by ``msg3d test`` with the
 ``<stem>_samples.csv`` beside it (format: ``msg3d.scores``), which lets fusion refuse streams that
-do not cover the same samples in the same order.
+do not cover the same samples in the same order. PYSKL's own ``result.pkl`` has no samples CSV: with
+``--ann ANN.pkl --split NAME`` such a stream's samples are split NAME's annotations, in annotation
+order (as PYSKL's PoseDataset lists them, hence as its ``tools/test.py`` dumps the scores).
 
 The optional weight search (``--search``) is **not** a PYSKL number: it splits the samples into
 two class-stratified halves, picks the weights on one half and reports metrics on the other half
@@ -18,16 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
+from msg3d.data.pyskl_io import load_annotations, split_samples
 from msg3d.report import parse_named_paths
 from msg3d.fileio import write_json_atomic
-from msg3d.scores import check_same_samples, read_scores, summary_metrics, write_scores
+from msg3d.scores import (check_finite, check_same_samples, read_result, read_scores, sibling_paths,
+                          summary_metrics, write_scores)
 
 
 def fuse_scores(scores, weights):
     """Weighted sum of the streams' probabilities: ``sum_s weights[s] * scores[s]``, shape (N, K).
 
     ``scores`` and ``weights`` are dicts keyed by stream name with the same keys; weights are
-    non-negative and not all zero.
+    non-negative and not all zero. A non-finite sum (weights so large that it overflows) is a
+    ValueError.
     """
     if set(scores) != set(weights):
         raise ValueError(f"weights are given for {sorted(weights)} but the streams are {sorted(scores)}")
@@ -40,8 +45,11 @@ def fuse_scores(scores, weights):
     if len(set(shapes.values())) != 1:
         raise ValueError(f"streams have different score shapes (samples, classes): {shapes}")
     fused = np.zeros(next(iter(shapes.values())), dtype=np.float64)
-    for name in sorted(scores):  # fixed order: the same bytes whatever order the streams came in
-        fused += float(weights[name]) * scores[name]
+    with np.errstate(over="ignore"):  # an overflow is the error below, not a warning
+        for name in sorted(scores):  # fixed order: the same bytes whatever order the streams came in
+            fused += float(weights[name]) * scores[name]
+    check_finite(fused, f"fusion with weights {weights} gives",
+                 consequence=" (weights so large that the sum overflows?)")
     return fused
 
 
@@ -97,24 +105,41 @@ def search_weights(scores, labels, grid, seed=0):
     }
 
 
-def _read_streams(score_paths):
+def split_of(ann_path, split):
+    """``(frame_dirs, labels, source)`` of split ``split`` of the annotation pickle ``ann_path``: the
+    samples of a PYSKL ``result.pkl`` tested on that split (``source`` names them in messages)."""
+    frame_dirs, labels = split_samples(load_annotations(ann_path), split, ann_path)
+    return frame_dirs, labels, f"split {split!r} of {ann_path}"
+
+
+def _read_streams(score_paths, samples=None):
     """Read the streams ``{name: SCORES.pkl}``, checked to list the same samples:
-    ``({name: probs (N, K)}, frame_dirs, labels)``."""
-    loaded = {name: read_scores(path) for name, path in score_paths.items()}
-    check_same_samples({name: (score_paths[name], d, y) for name, (_, d, y) in loaded.items()})
+    ``({name: probs (N, K)}, frame_dirs, labels)``.
+
+    ``samples`` (``split_of``'s result) are the samples of the streams without a samples CSV
+    (PYSKL's ``result.pkl``); streams with one are read with it, and must agree.
+    """
+    loaded, sources = {}, {}
+    for name, path in score_paths.items():
+        csv_path = sibling_paths(path).samples
+        if samples is not None and not csv_path.exists():
+            loaded[name], sources[name] = read_result(path, *samples), samples[2]
+        else:
+            loaded[name], sources[name] = read_scores(path), csv_path
+    check_same_samples({name: (sources[name], d, y) for name, (_, d, y) in loaded.items()})
     _, frame_dirs, labels = next(iter(loaded.values()))
     return {name: p for name, (p, _, _) in loaded.items()}, frame_dirs, labels
 
 
-def fuse_files(score_paths, weights, out_json, out_scores=None, scheme=None):
+def fuse_files(score_paths, weights, out_json, out_scores=None, scheme=None, samples=None):
     """Fuse the streams ``{name: SCORES.pkl}`` with ``{name: weight}``; write the metrics JSON.
 
     With ``out_scores`` the fused scores are also written as a stream (``msg3d.scores.write_scores``:
     the float64 sums as a pickle + ``<stem>_samples.csv``), which plots and a further fusion read
-    like any other.
+    like any other. ``samples``: see ``_read_streams``.
     Returns the JSON content.
     """
-    scores, frame_dirs, labels = _read_streams(score_paths)
+    scores, frame_dirs, labels = _read_streams(score_paths, samples)
     fused = fuse_scores(scores, weights)
     result = {
         "scheme": scheme,
@@ -133,12 +158,13 @@ def fuse_files(score_paths, weights, out_json, out_scores=None, scheme=None):
     return result
 
 
-def search_files(score_paths, grid, out_json, seed=0, scheme=None):
+def search_files(score_paths, grid, out_json, seed=0, scheme=None, samples=None):
     """Weight search (see ``search_weights``) over the streams ``{name: SCORES.pkl}``; write the JSON.
 
     Its ``top1``/``top5``/``mean_class_accuracy`` are those of the evaluation half only.
+    ``samples``: see ``_read_streams``.
     """
-    scores, _, labels = _read_streams(score_paths)
+    scores, _, labels = _read_streams(score_paths, samples)
     found = search_weights(scores, labels, grid, seed)
     result = {
         "scheme": scheme,
@@ -163,8 +189,14 @@ def add_arguments(parser):
     parser.add_argument(
         "--scores", nargs="+", required=True, metavar="NAME=SCORES.pkl",
         help="one stream per item: its name and the scores pickle written by `msg3d test` "
-        "(the <stem>_samples.csv beside it must exist)",
+        "(the <stem>_samples.csv beside it must exist, unless --ann and --split are given)",
     )
+    parser.add_argument(
+        "--ann", type=Path, metavar="ANN.pkl",
+        help="annotation pickle whose --split gives the samples of streams without a _samples.csv "
+        "(PYSKL's result.pkl: the split's annotations in annotation order)",
+    )
+    parser.add_argument("--split", metavar="NAME", help="the split the scores belong to, e.g. xsub_val (with --ann)")
     parser.add_argument(
         "--weights-json", metavar="JSON",
         help='fusion weights as a JSON object, e.g. \'{"j": 2, "b": 2, "jm": 1, "bm": 1}\' (default: 1 each)',
@@ -185,6 +217,9 @@ def run(args):
     import sys
 
     paths = parse_named_paths(args.scores, "--scores")
+    if (args.ann is None) != (args.split is None):
+        raise ValueError("--ann and --split go together: the annotation pickle and the split the scores belong to")
+    samples = split_of(args.ann, args.split) if args.ann is not None else None
     if args.search is not None:
         if args.weights_json or args.out_scores:
             raise ValueError("--search chooses the weights itself: give neither --weights-json nor --out-scores")
@@ -192,14 +227,14 @@ def run(args):
             grid = [int(g) for g in args.search.split(",")]
         except ValueError:
             raise ValueError(f"--search expects comma-separated integers, got {args.search!r}") from None
-        result = search_files(paths, grid, args.out, seed=args.seed, scheme=args.scheme)
+        result = search_files(paths, grid, args.out, seed=args.seed, scheme=args.scheme, samples=samples)
     else:
         weights = {name: 1 for name in paths}
         if args.weights_json:
             weights = json.loads(args.weights_json)
             if not isinstance(weights, dict):
                 raise ValueError(f"--weights-json must be a JSON object, got {args.weights_json!r}")
-        result = fuse_files(paths, weights, args.out, args.out_scores, scheme=args.scheme)
+        result = fuse_files(paths, weights, args.out, args.out_scores, scheme=args.scheme, samples=samples)
     print(
         f"fused {', '.join(f'{n}:{w}' for n, w in result['weights'].items())} on {result['num_samples']} samples: "
         f"top1 {100 * result['top1']:.2f}  top5 {100 * result['top5']:.2f}  "

@@ -61,14 +61,29 @@ def load_reference(path):
 
 
 def _load_metrics(path):
+    """Read a metrics file; its accuracies must be numbers in [0, 1] (a NaN one comes from
+    non-finite scores: an accuracy computed from them means nothing) and num_samples an integer."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: metrics file not found")
     with open(path, encoding="utf-8") as f:
-        m = json.load(f)
+        try:
+            m = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(m, dict):
+        raise ValueError(f"{path}: expected a JSON object of metrics, got {type(m).__name__}")
     for key in ("top1", "top5", "mean_class_accuracy", "num_samples"):
         if key not in m:
             raise ValueError(f"{path}: metrics file lacks {key!r}")
+    num_samples = m["num_samples"]
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 0:
+        raise ValueError(f"{path}: num_samples must be a non-negative integer, got {num_samples!r}")
+    for key in ("top1", "top5", "mean_class_accuracy"):
+        value = m[key]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+            raise ValueError(f"{path}: {key} is {value!r}, not an accuracy in [0, 1] over its {num_samples} "
+                             "samples (non-finite scores from a diverged or corrupt checkpoint?); nothing written")
     return m
 
 

@@ -2,10 +2,13 @@
 # config into inputs, params and targets. Functions only: the linter wants them apart from rules.
 
 import json
+import math
 import os
 import re
 import shlex
 
+import jsonschema
+import yaml
 from snakemake.utils import validate
 
 if "streams" in config:
@@ -13,6 +16,28 @@ if "streams" in config:
         "config: the key 'streams' is now 'modalities' (the j/b/jm/bm list); rename it"
     )
 validate(config, "../schemas/config.schema.yaml")
+
+
+def _check_integers(schema_file):
+    """JSON Schema counts 2.0 as an integer, so `num_clips: 2.0` passes validate() and then fails
+    in its job (msg3d's integer options do not take "2.0"); check again with integers strict.
+    """
+    with open(schema_file, encoding="utf-8") as f:
+        schema = yaml.safe_load(f)
+    base = jsonschema.Draft202012Validator
+    strict = jsonschema.validators.extend(
+        base,
+        type_checker=base.TYPE_CHECKER.redefine(
+            "integer", lambda _, value: type(value) is int
+        ),
+    )
+    error = jsonschema.exceptions.best_match(strict(schema).iter_errors(config))
+    if error is not None:
+        key = ".".join(str(part) for part in error.absolute_path)
+        raise ValueError(f"config: {key}: {error.message}")
+
+
+_check_integers(os.path.join(workflow.basedir, "schemas", "config.schema.yaml"))
 
 # --------------------------------------------------------------------------- names (from msg3d)
 
@@ -45,8 +70,29 @@ GPUS_PER_JOB = 0 if ON_CPU else 1
 TORCH_THREADS = 1 if ON_CPU else min(8, os.cpu_count() or 1)
 
 
+def is_url(location):
+    return location.startswith(("http://", "https://"))
+
+
+def _check_path(key, location, folder):
+    """Check the path given at ``key`` (e.g. "config: datasets.x.path"): usable as a Snakemake
+    input, and a folder (``folder``) or a file. A missing one is left to Snakemake, which names it
+    as a missing input; the wrong kind would pass a dry run and fail only when its job runs.
+    """
+    if "{" in location or "}" in location:
+        # Snakemake fills wildcards into every input path, with no escape for a literal brace
+        raise ValueError(
+            f"{key}: {location!r}: Snakemake reads braces in an input path as wildcards;"
+            " rename the file or link it under another name"
+        )
+    if os.path.exists(location) and os.path.isdir(location) != folder:
+        kind = "a folder" if folder else "a file"
+        raise ValueError(f"{key}: {location!r} is not {kind}")
+
+
 def _check_config():
-    """Cross-key checks the schema cannot express; a clear error at parse time."""
+    """Cross-key checks the schema cannot express, and values that would pass a dry run but fail
+    only when their job runs: a clear error at parse time, naming the key."""
     for name, ds in DATASETS.items():
         where = f"config: datasets.{name}"
         benchmarks = NTU_BENCHMARKS[ds["ntu"]]
@@ -57,6 +103,8 @@ def _check_config():
             )
         if ds["source"] != "demo" and not ds["path"]:
             raise ValueError(f"{where}.path: required for source {ds['source']}")
+        if ds["source"] != "demo":
+            _check_path(f"{where}.path", ds["path"], folder=ds["source"] == "ntu_raw")
         if ds["source"] == "demo" and (
             ds["ntu"] != "ntu60" or ds["annotation"] != "3dkp"
         ):
@@ -77,14 +125,31 @@ def _check_config():
                 raise ValueError(
                     f"{where}.checkpoints.{split}: modalities {bad} are not in modalities {CONFIG_MODALITIES}"
                 )
+            for modality, location in modalities.items():
+                if not is_url(location):
+                    _check_path(
+                        f"{where}.checkpoints.{split}.{modality}",
+                        location,
+                        folder=False,
+                    )
     for scheme, weights in SCHEMES.items():
         bad = [m for m in weights if m not in CONFIG_MODALITIES]
         if bad:
             raise ValueError(
                 f"config: fusion.{scheme}: modalities {bad} are not in modalities {CONFIG_MODALITIES}"
             )
+        # the schema's minimum lets YAML's .inf and .nan through (nan < 0 is false)
+        for modality, weight in weights.items():
+            if not math.isfinite(weight):
+                raise ValueError(
+                    f"config: fusion.{scheme}.{modality}: the weight must be a finite number, got {weight}"
+                )
         if not any(weights.values()):
             raise ValueError(f"config: fusion.{scheme}: all weights are zero")
+    if not any(config["fusion_search"]["grid"]):
+        raise ValueError(
+            "config: fusion_search.grid: needs a positive weight (all-zero weights fuse nothing)"
+        )
     if config["demo"]["min_frames"] > config["demo"]["max_frames"]:
         raise ValueError("config: demo.min_frames is larger than demo.max_frames")
 
@@ -100,6 +165,23 @@ def canonical(obj):
 def choice(names):
     """Regex matching exactly one of ``names`` (none: a regex that never matches)."""
     return "|".join(sorted(names, key=len, reverse=True)) or "(?!)"
+
+
+# --------------------------------------------------------------------------- shell words
+
+# Every placeholder in a shell command is quoted (`{input.x:q}`, `{params.seed:q}`), so a path or
+# name with a space or a shell character stays one word; the only exceptions are the params that
+# are already several shell words, each quoted when built here (launcher, device, reference,
+# scores, runs). tests/test_workflow.py checks both rules. A path from the config also goes through
+# command_path, so that a leading "-" is not read as an option.
+
+
+def command_path(location):
+    """A path from the config as a command line may take it: a relative path that starts with "-"
+    gets "./" in front, which names the same file, or argparse would read it as an option (msg3d's
+    positional RAW_DIR or ANNOTATIONS, or --checkpoint's value). Quoting is `:q`'s job.
+    """
+    return os.path.join(os.curdir, location) if location.startswith("-") else location
 
 
 def quoted_pairs(pairs):
@@ -180,7 +262,12 @@ def get_skeletons(wildcards):
     ds = DATASETS[wildcards.dataset]
     if ds["source"] == "demo":
         return path("skeletons", **wildcards)
-    return ancient(ds["path"])
+    return ancient(command_path(ds["path"]))
+
+
+def get_pyskl_annotations(wildcards):
+    """import_pyskl's input: the dataset's PYSKL annotation pickle."""
+    return command_path(DATASETS[wildcards.dataset]["path"])
 
 
 # --------------------------------------------------------------------------- train / test
@@ -191,7 +278,7 @@ try:
 except ValueError as exc:
     raise ValueError(f"config: train: {exc}") from None
 TRAIN_HPARAMS = canonical(HPARAMS.to_dict())
-DEVICE_ARG = f"--device {config['device']}" if config["device"] else ""
+DEVICE_ARG = f"--device {shlex.quote(config['device'])}" if config["device"] else ""
 
 
 def get_launcher(wildcards, resources):
@@ -205,16 +292,14 @@ def get_launcher(wildcards, resources):
 
 
 def given_checkpoint(wildcards):
-    """The checkpoint the config names for this dataset/split/modality, or None (train it)."""
-    return (
+    """The checkpoint the config names for this dataset/split/modality (a URL, or a path ready for
+    the command line), or None (train it)."""
+    given = (
         DATASETS[wildcards.dataset]["checkpoints"]
         .get(wildcards.split, {})
         .get(wildcards.modality)
     )
-
-
-def is_url(location):
-    return location.startswith(("http://", "https://"))
+    return given if given is None or is_url(given) else command_path(given)
 
 
 def get_test_weights(wildcards):

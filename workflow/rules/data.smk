@@ -17,10 +17,10 @@ rule make_demo:
         max_frames=config["demo"]["max_frames"],
         code=get_code("make-demo"),
     shell:
-        "python -m msg3d make-demo {output.skeletons:q} --seed {params.seed}"
-        " --train-subjects {params.train_subjects} --val-subjects {params.val_subjects}"
-        " --replications {params.replications}"
-        " --min-frames {params.min_frames} --max-frames {params.max_frames} > {log:q} 2>&1"
+        "python -m msg3d make-demo {output.skeletons:q} --seed {params.seed:q}"
+        " --train-subjects {params.train_subjects:q} --val-subjects {params.val_subjects:q}"
+        " --replications {params.replications:q}"
+        " --min-frames {params.min_frames:q} --max-frames {params.max_frames:q} > {log:q} 2>&1"
 
 
 rule convert_ntu:
@@ -40,13 +40,13 @@ rule convert_ntu:
         ntu=lookup(dpath="datasets/{dataset}/ntu", within=config),
         code=get_code("convert-ntu"),
     shell:
-        "python -m msg3d convert-ntu {input.skeletons:q} {output.annotations:q} --dataset {params.ntu}"
-        " --jobs {threads} > {log:q} 2>&1"
+        "python -m msg3d convert-ntu {input.skeletons:q} {output.annotations:q} --dataset {params.ntu:q}"
+        " --jobs {threads:q} > {log:q} 2>&1"
 
 
 rule import_pyskl:
     input:
-        annotations=lookup(dpath="datasets/{dataset}/path", within=config),
+        annotations=get_pyskl_annotations,
     output:
         annotations=path("annotations"),
     log:
@@ -56,9 +56,11 @@ rule import_pyskl:
     conda:
         "../../environment.yml"
     params:
+        ntu=lookup(dpath="datasets/{dataset}/ntu", within=config),
         code=get_code("import-pyskl"),
     shell:
-        "python -m msg3d import-pyskl {input.annotations:q} --out {output.annotations:q} > {log:q} 2>&1"
+        "python -m msg3d import-pyskl {input.annotations:q} --out {output.annotations:q}"
+        " --dataset {params.ntu:q} > {log:q} 2>&1"
 
 
 rule derive:
@@ -76,5 +78,5 @@ rule derive:
         ],
         code=lambda wildcards: get_code("derive", wildcards.modality),
     shell:
-        "python -m msg3d derive {input.annotations:q} {output.store:q} --layout {params.layout}"
-        " --modality {wildcards.modality} > {log:q} 2>&1"
+        "python -m msg3d derive {input.annotations:q} {output.store:q} --layout {params.layout:q}"
+        " --modality {wildcards.modality:q} > {log:q} 2>&1"

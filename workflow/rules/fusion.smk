@@ -17,7 +17,7 @@ rule fuse:
         weights=lambda wildcards: canonical(SCHEMES[wildcards.scheme]),
         code=get_code("fuse"),
     shell:
-        "python -m msg3d fuse --scheme {wildcards.scheme} --scores {params.scores}"
+        "python -m msg3d fuse --scheme {wildcards.scheme:q} --scores {params.scores}"
         " --weights-json {params.weights:q} --out {output.metrics:q} --out-scores {output.scores:q} > {log:q} 2>&1"
 
 
@@ -37,5 +37,5 @@ rule fuse_search:
         seed=config["fusion_search"]["seed"],
         code=get_code("fuse"),
     shell:
-        "python -m msg3d fuse --scheme {params.scheme} --scores {params.scores} --search {params.grid}"
-        " --seed {params.seed} --out {output.metrics:q} > {log:q} 2>&1"
+        "python -m msg3d fuse --scheme {params.scheme:q} --scores {params.scores} --search {params.grid:q}"
+        " --seed {params.seed:q} --out {output.metrics:q} > {log:q} 2>&1"

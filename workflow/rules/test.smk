@@ -41,6 +41,6 @@ rule test:
         device=DEVICE_ARG,
         code=get_code("test"),
     shell:
-        "python -m msg3d test --data {input.store:q} --split {wildcards.split} --checkpoint {params.checkpoint:q}"
-        " --out {output.scores:q} --metrics {output.metrics:q} --num-clips {params.num_clips}"
-        " --num-workers {params.num_workers} {params.device} > {log:q} 2>&1"
+        "python -m msg3d test --data {input.store:q} --split {wildcards.split:q} --checkpoint {params.checkpoint:q}"
+        " --out {output.scores:q} --metrics {output.metrics:q} --num-clips {params.num_clips:q}"
+        " --num-workers {params.num_workers:q} {params.device} > {log:q} 2>&1"

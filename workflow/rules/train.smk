@@ -28,6 +28,6 @@ rule train:
         device=DEVICE_ARG,
         code=get_code("train"),
     shell:
-        "{params.launcher} -m msg3d train --data {input.store:q} --split {wildcards.split} --out {params.run:q}"
-        " --auto-resume --hparams-json {params.hparams:q} --seed {params.seed} {params.device}"
-        " --expect-code-digest {params.code} > {log:q} 2>&1"
+        "{params.launcher} -m msg3d train --data {input.store:q} --split {wildcards.split:q} --out {params.run:q}"
+        " --auto-resume --hparams-json {params.hparams:q} --seed {params.seed:q} {params.device}"
+        " --expect-code-digest {params.code:q} > {log:q} 2>&1"
