@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from msg3d.fileio import atomic_path
-from msg3d.safe_pickle import NUMPY_GLOBALS
+from msg3d.safe_pickle import NUMPY_GLOBALS, check_numpy_values
 
 _WRAPPER_PARTS = ("module", "_orig_mod")
 _MAX_LISTED = 20
@@ -44,7 +44,9 @@ def _numpy_meta_globals():
     that only the guarded ``_reconstruct`` accepts, as calling the class on pickled arguments forges
     object pointers. torch only builds (BUILD) instances of listed types, so the class itself is
     listed too, under a name with a line break: torch reads names from single-line GLOBAL opcodes,
-    so no pickle can ask for it, while the arrays ``_reconstruct`` makes can be built.
+    so no pickle can ask for it, while the arrays ``_reconstruct`` makes can be built. A dtype's
+    pickled state can forge object pointers too: ``read_checkpoint`` refuses structured dtypes
+    after loading (``safe_pickle.check_numpy_values``).
     """
     named = [(obj, name) for name, obj in NUMPY_GLOBALS.items()]
     return named + [(np.ndarray, "numpy.ndarray\n(built by _reconstruct, never named by a pickle)")]
@@ -70,6 +72,7 @@ def read_checkpoint(path_or_state_dict):
                 obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises several types for non-checkpoint files
             raise ValueError(f"{path}: not a loadable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        check_numpy_values(obj, path, "a checkpoint")
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         state_dict = obj["state_dict"]
         others = {key: value for key, value in obj.items() if key != "state_dict"}

@@ -12,12 +12,13 @@ next atomic write of the same ``NAME`` removes each such leftover whose writer i
   with its own pid namespace) by a pid that no longer exists
   (``os.kill(pid, 0)`` raises ProcessLookupError). A live pid's temporary is a concurrent write,
   whoever owns it, and is kept;
-* any leftover in which nothing has been modified for ``STALE_AFTER_DAYS``, whoever wrote it. This
-  is the only rule for another host's temporaries (shared cluster file systems: its pids mean
-  nothing here) and for names without a writer (msg3d before this scheme), and it retires one
-  whose pid was reused by an unrelated process. A writer modifies its temporary all along (the
-  longest write, an NTU store, takes about an hour) and cluster wall-time limits are a few days,
-  so a week untouched means no live writer, even allowing for a suspended job or skewed clocks.
+* another host's leftover (shared cluster file systems: its pids mean nothing here), or one whose
+  name has no writer (msg3d before this scheme), in which nothing has been modified for
+  ``STALE_AFTER_DAYS``. A writer modifies its temporary all along (the longest write, an NTU
+  store, takes about an hour) and cluster wall-time limits are a few days, so a week untouched
+  means no live writer, even allowing for a suspended job or skewed clocks. Not applied to this
+  host's live pids: a ``.old-`` folder is the replaced output, renamed, with its old mtimes (the
+  price: a leftover whose pid an unrelated process reuses stays until that process ends).
 
 A leftover that cannot be removed (another user's, without permission) is reported with a warning
 and does not stop the write.
@@ -102,8 +103,10 @@ def _last_modified(path):
 def _abandoned(path, writer_tag, now):
     """Whether the temporary ``path``, whose name ends in ``writer_tag``, has no live writer (module docstring)."""
     match = _WRITER_TAG.fullmatch(writer_tag)
-    if match and match["host"] == _HOST and not _pid_alive(int(match["pid"])):
-        return True
+    if match and match["host"] == _HOST:
+        # a live writer's temp is never touched, however old it looks: its .old- folder is the
+        # replaced output, renamed, with that output's old mtimes
+        return not _pid_alive(int(match["pid"]))
     return now - _last_modified(path) > STALE_AFTER_DAYS * 86400
 
 

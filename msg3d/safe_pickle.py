@@ -14,9 +14,12 @@ formats hold and refuses every other global with a ``ValueError`` naming the fil
 
 ``numpy.ndarray`` itself resolves to a stand-in that only numpy's ``_reconstruct`` accepts: called
 with pickled arguments, the class builds an object array over raw bytes, i.e. forged object
-pointers (a crash at best). Nothing else that numpy's reconstructors accept can do that: they refuse
-object arrays from bytes. What is written is unchanged: msg3d still writes plain pickles that PYSKL's
-tools read. Stdlib + numpy only.
+pointers (a crash at best). A pickled dtype's state can forge the same thing: a structured dtype
+with an object field whose flags deny holding objects lets numpy rebuild that field from raw
+bytes. ``check_numpy_values`` therefore refuses, after loading and before anything reads an
+element, every structured or sub-array dtype (none of these formats holds one); freeing such an
+array is harmless, numpy trusts the same flags there. What is written is unchanged: msg3d still
+writes plain pickles that PYSKL's tools read. Stdlib + numpy only.
 """
 
 import _compat_pickle
@@ -125,9 +128,35 @@ def load(path, what):
     """
     with open(path, "rb") as f:
         try:
-            return _RestrictedUnpickler(f).load()
+            obj = _RestrictedUnpickler(f).load()
         except _Refused as refused:
             raise ValueError(f"{path}: refused to load: it asks for {refused.name}, which {what} never holds "
                              "(a pickle from elsewhere can run code)") from None
         except Exception as exc:  # a corrupt pickle can raise almost anything
             raise ValueError(f"{path}: not {what} ({type(exc).__name__}: {exc})") from None
+    check_numpy_values(obj, path, what)
+    return obj
+
+
+def check_numpy_values(obj, source, what):
+    """ValueError naming ``source`` if ``obj`` (containers walked, cycles allowed) holds a numpy
+    array, scalar or dtype whose dtype is structured or has a sub-array: the only dtypes whose
+    pickled state can forge object pointers (see the module docstring). Reads no element data."""
+    seen, todo = set(), [obj]
+    while todo:
+        item = todo.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, (np.ndarray, np.generic, np.dtype)):
+            dtype = item if isinstance(item, np.dtype) else item.dtype
+            if dtype.fields is not None or dtype.subdtype is not None:
+                raise ValueError(f"{source}: refused to load: it holds a numpy array or value of a structured "
+                                 f"dtype, which {what} never holds (its state could forge object pointers)")
+            if isinstance(item, np.ndarray) and dtype.kind == "O":
+                todo.extend(item.flat)
+        elif isinstance(item, dict):
+            todo.extend(item.keys())
+            todo.extend(item.values())
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            todo.extend(item)

@@ -4,11 +4,15 @@ import collections
 import os
 import pickle
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from msg3d import safe_pickle
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class RunsCode:
@@ -151,3 +155,53 @@ def test_corrupt_and_missing_files(tmp_path):
         safe_pickle.load(path, "a scores pickle")
     with pytest.raises(FileNotFoundError):
         safe_pickle.load(tmp_path / "none.pkl", "a scores pickle")
+
+
+# A dtype whose pickled state claims an object field but flags that deny holding objects, and an
+# array of it over 8 raw bytes: reading the field would follow a forged pointer.
+FORGE = '''
+import pickle, sys, numpy as np
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:
+    from numpy.core.multiarray import _reconstruct
+class ForgedDtype:
+    def __reduce__(self):
+        return (np.dtype, ("V8", False, True), (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0))
+class ForgedArray:
+    def __reduce__(self):
+        return (_reconstruct, (np.ndarray, (0,), b"b"),
+                (1, (1,), ForgedDtype(), False, (0x4141414141414141).to_bytes(8, "little")))
+payload = {"annotations": [{"keypoint": ForgedArray(), "frame_dir": "x"}]}
+if sys.argv[1].endswith(".pth"):
+    import torch
+    torch.save({"meta": {"best": ForgedArray()}, "state_dict": {"w": torch.zeros(1)}}, sys.argv[1])
+else:
+    with open(sys.argv[1], "wb") as f:
+        pickle.dump(payload, f, protocol=int(sys.argv[2]))
+'''
+
+READ = '''
+import sys
+from msg3d import checkpoint, safe_pickle
+try:
+    if sys.argv[1].endswith(".pth"):
+        checkpoint.read_checkpoint(sys.argv[1])
+    else:
+        print(repr(safe_pickle.load(sys.argv[1], "an annotation pickle")))
+except ValueError as exc:
+    print(exc)
+'''
+
+
+@pytest.mark.parametrize("name, protocol", [("forged.pkl", 2), ("forged.pkl", 5), ("forged.pth", 0)])
+def test_a_dtype_that_forges_object_pointers_is_refused(tmp_path, name, protocol):
+    """Run in a child: were the forged array accepted, reading it would crash the process."""
+    path = tmp_path / name
+    subprocess.run([sys.executable, "-c", FORGE, str(path), str(protocol)], check=True)
+    proc = subprocess.run([sys.executable, "-c", READ, str(path)], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    what = "a checkpoint" if name.endswith(".pth") else "an annotation pickle"
+    assert proc.stdout.strip() == (f"{path}: refused to load: it holds a numpy array or value of a structured dtype, "
+                                   f"which {what} never holds (its state could forge object pointers)")

@@ -63,8 +63,11 @@ def lock_run_dir(out):
         yield
     finally:
         # removed while still locked: a process that opened this file meanwhile sees it is gone and
-        # locks a new one (see _acquire), so two holders never coexist
-        (out / LOCK_FILE).unlink(missing_ok=True)
+        # locks a new one (see _acquire), so two holders never coexist; only our own file, not one
+        # another run locked after ours was deleted from outside
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(out / LOCK_FILE)):
+                (out / LOCK_FILE).unlink()
         os.close(fd)
         if created:
             with contextlib.suppress(OSError):  # not empty: the run wrote its files

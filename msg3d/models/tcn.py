@@ -34,7 +34,7 @@ class MSTCN(nn.Module):
     of each spatial path). Input ``(N, C_in, T, V)``, output ``(N, C_out, ceil(T / stride), V)``.
 
     The two strided 1x1 convolutions (last branch, residual) hold PYSKL's parameters but run
-    unstrided on every ``stride``-th frame, the same sums: oneDNN's weight and bias gradient of a
+    unstrided on every ``stride``-th frame, the same sums up to float rounding: oneDNN's weight and bias gradient of a
     1x1 convolution strided along T only, on a channels_last input of fewer than 16 channels and
     some 50 or more frames of 17-25 joints, writes out of bounds (wrong gradients, then glibc heap
     corruption or a segfault; torch 2.13 and 2.14, oneDNN 3.12). An MS-G3D with base_channels

@@ -69,7 +69,7 @@ def _load_metrics(path):
     with open(path, encoding="utf-8") as f:
         try:
             m = json.load(f)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ValueError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(m, dict):
         raise ValueError(f"{path}: expected a JSON object of metrics, got {type(m).__name__}")
