@@ -43,7 +43,6 @@ _META_KEYS = {"format": (str, None), "format_version": (int, 1), "layout": (str,
               "num_rows": (int, 0), "num_joints": (int, 1), "channels": (int, 1), "num_classes": (int, 1)}
 # index.npz arrays, one value per sample: numpy dtype kinds allowed
 _INDEX_ARRAYS = {"frame_dir": "U", "label": "iu", "offset": "iu", "total_frames": "iu", "num_person": "iu"}
-MAX_NAMED = 5  # samples spelled out in an error
 
 
 def _npy_header(rows, num_joints, channels):
@@ -100,9 +99,8 @@ class StoreWriter:
     def finish(self, splits, meta):
         """Write index, splits (name -> frame_dirs, stored as ascending sample indices) and meta.
 
-        ValueError, and no store, if a split lists an unknown frame_dir, a label is outside
-        ``[0, meta['num_classes'])`` or a ``NAME_train`` / ``NAME_val`` pair shares a sample: what
-        ``open_store`` refuses is never written.
+        ValueError, and no store, if a split lists an unknown frame_dir or a label is outside
+        ``[0, meta['num_classes'])``: what ``open_store`` refuses is never written.
         """
         position = {frame_dir: i for i, frame_dir in enumerate(self.frame_dirs)}
         if len(position) != len(self.frame_dirs):

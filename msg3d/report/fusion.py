@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from msg3d.data.pyskl_io import load_annotations, split_samples
-from msg3d.report import parse_named_paths
 from msg3d.fileio import write_json_atomic
+from msg3d.report import parse_named_paths
 from msg3d.scores import (check_finite, check_same_samples, read_result, read_scores, sibling_paths,
                           summary_metrics, write_scores)
 

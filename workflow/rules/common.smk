@@ -101,9 +101,9 @@ def _check_config():
             raise ValueError(
                 f"{where}.splits: {bad} not defined for {ds['ntu']} (use {benchmarks})"
             )
-        if ds["source"] != "demo" and not ds["path"]:
-            raise ValueError(f"{where}.path: required for source {ds['source']}")
         if ds["source"] != "demo":
+            if not ds["path"]:
+                raise ValueError(f"{where}.path: required for source {ds['source']}")
             _check_path(f"{where}.path", ds["path"], folder=ds["source"] == "ntu_raw")
         if ds["source"] == "demo" and (
             ds["ntu"] != "ntu60" or ds["annotation"] != "3dkp"
