@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from msg3d.layouts import get_layout
+from msg3d.layouts import LAYOUTS, get_layout
 from msg3d.models import build_model
 from msg3d.models.graph import binary_adjacency, multiscale_graph
 
@@ -130,15 +130,15 @@ class _MWG3D(nn.Module):
 class PysklMSG3D(nn.Module):
     """PYSKL's MSG3D forward, NCHW throughout; state_dict identical to ``msg3d.models.MSG3D``."""
 
-    def __init__(self, layout="nturgb+d", base_channels=96):
+    def __init__(self, layout="nturgb+d", base_channels=96, num_gcn_scales=13, num_g3d_scales=6):
         super().__init__()
         adj = binary_adjacency(layout)
         self.register_buffer("A", torch.tensor(adj, dtype=torch.float32))
         self.data_bn = nn.BatchNorm1d(2 * len(adj) * 3)
         c1, c2, c3 = base_channels, 2 * base_channels, 4 * base_channels
         for i, (cin, cmid, cout, s) in enumerate(((3, c1, c1, 1), (c1, c1, c2, 2), (c2, c2, c3, 2)), start=1):
-            setattr(self, f"gcn3d{i}", _MWG3D(cin, cout, adj, 6, s))
-            setattr(self, f"sgcn{i}", nn.Sequential(_MSGCN(13, cin, cmid, adj), _MSTCN(cmid, cout, s),
+            setattr(self, f"gcn3d{i}", _MWG3D(cin, cout, adj, num_g3d_scales, s))
+            setattr(self, f"sgcn{i}", nn.Sequential(_MSGCN(num_gcn_scales, cin, cmid, adj), _MSTCN(cmid, cout, s),
                                                      _MSTCN(cout, cout, act=False)))
             setattr(self, f"tcn{i}", _MSTCN(cout, cout))
 
@@ -153,9 +153,9 @@ class PysklMSG3D(nn.Module):
 
 
 class PysklRecognizer(nn.Module):
-    def __init__(self, num_classes, layout):
+    def __init__(self, num_classes, layout, **scales):
         super().__init__()
-        self.backbone = PysklMSG3D(layout)
+        self.backbone = PysklMSG3D(layout, **scales)
         self.cls_head = nn.Module()
         self.cls_head.fc_cls = nn.Linear(384, num_classes)
 
@@ -220,7 +220,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--frames", type=int, default=100, help="T")
-    parser.add_argument("--layout", default="nturgb+d", choices=["nturgb+d", "coco"])
+    parser.add_argument("--layout", default="nturgb+d", choices=sorted(LAYOUTS))
+    parser.add_argument("--kinetics", action="store_true",
+                        help="MS-G3D's Kinetics model: layout openpose, 8 GCN and 8 G3D scales, 400 classes "
+                             "(give --frames 300 for its all-frames input)")
     parser.add_argument("--modes", nargs="+", default=["eval", "train"], choices=["eval", "train"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--no-baseline", action="store_true", help="time only msg3d's model")
@@ -230,19 +233,23 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    ours = build_model(60, layout=args.layout).to(device)
+    if args.kinetics:
+        args.layout = "openpose"
+    num_classes = 400 if args.kinetics else 60
+    scales = {"num_gcn_scales": 8, "num_g3d_scales": 8} if args.kinetics else {}
+    ours = build_model(num_classes, layout=args.layout, **scales).to(device)
     impls = {"msg3d": ours}
     num_joints = get_layout(args.layout).num_joints
     gen = torch.Generator().manual_seed(0)
     probe = torch.randn(2, 2, args.frames, num_joints, 3, generator=gen).to(device)
     if not args.no_baseline:
-        pyskl = PysklRecognizer(60, args.layout).to(device)
+        pyskl = PysklRecognizer(num_classes, args.layout, **scales).to(device)
         pyskl.load_state_dict(ours.state_dict())
         impls["pyskl"] = pyskl
         with torch.no_grad():
             diff = (ours.eval()(probe) - pyskl.eval()(probe)).abs().max().item()
         print(f"max |logit difference| msg3d vs PYSKL layout, eval fp32: {diff:.2e}")
-    gflop = nominal_gflop(PysklRecognizer(60, args.layout).to(device), probe)
+    gflop = nominal_gflop(PysklRecognizer(num_classes, args.layout, **scales).to(device), probe)
 
     print(f"device={device} threads={torch.get_num_threads()} T={args.frames} layout={args.layout} "
           f"nominal forward {gflop:.2f} GFLOP/sample (train counted as 3x)")
@@ -255,7 +262,7 @@ def main(argv=None):
         for precision in args.precisions:
             for batch in args.batch:
                 x = torch.randn(batch, 2, args.frames, num_joints, 3, generator=gen).to(device)
-                labels = torch.randint(0, 60, (batch,), generator=gen).to(device)
+                labels = torch.randint(0, num_classes, (batch,), generator=gen).to(device)
                 row = f"{mode:<6}{precision:<6}{batch:>6}"
                 rates = {}
                 for name, model in impls.items():

@@ -16,14 +16,19 @@ import sys
 # command name -> (module, one-line help)
 COMMANDS = {
     "make-demo": ("msg3d.data.demo", "generate the embedded demo dataset of .skeleton files"),
+    "make-kinetics-demo": ("msg3d.data.kinetics_demo", "generate a small synthetic Kinetics-skeleton release"),
     "convert-ntu": ("msg3d.data.ntu_raw", "convert raw NTU .skeleton files to a PYSKL annotation pickle"),
+    "convert-kinetics": ("msg3d.data.kinetics_raw", "convert a Kinetics-skeleton release to a PYSKL annotation pickle"),
     "import-pyskl": ("msg3d.data.pyskl_io", "validate (and copy) a PYSKL annotation pickle"),
     "derive": ("msg3d.data.derive", "normalise and derive one modality (j, b, jm, bm) into a memory-mapped store"),
     "train": ("msg3d.engine.train", "train MS-G3D on one split of a derived store"),
     "test": ("msg3d.engine.test", "multi-clip test of a checkpoint on a split; writes scores and metrics"),
     "fuse": ("msg3d.report.fusion", "weighted score fusion of several streams"),
-    "table": ("msg3d.report.table", "write the model-zoo table (markdown + CSV)"),
+    "table": ("msg3d.report.table", "write the model-zoo table (markdown, HTML, CSV)"),
     "plot": ("msg3d.report.plots", "training curves, confusion matrix and per-class plots"),
+    "predict": ("msg3d.deploy.predict", "top-k actions of raw skeletons, pickles or clips with trained models"),
+    "export-onnx": ("msg3d.deploy.onnx_export", "export a checkpoint to a verified, self-contained ONNX model"),
+    "download": ("msg3d.download", "fetch a file (a released checkpoint) by URL: retried, checked against a SHA-256"),
 }
 
 
@@ -33,7 +38,7 @@ def _top_level_parser():
         description="MS-G3D skeleton action recognition pipeline (PYSKL-compatible).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="commands:\n"
-        + "\n".join(f"  {name:<14}{help_}" for name, (_, help_) in COMMANDS.items())
+        + "\n".join(f"  {name:<{max(map(len, COMMANDS)) + 2}}{help_}" for name, (_, help_) in COMMANDS.items())
         + "\n\nRun `msg3d <command> --help` for a command's options.",
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")

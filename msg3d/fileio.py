@@ -42,6 +42,7 @@ import contextlib
 import csv
 import errno
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -267,6 +268,79 @@ def write_pickle_atomic(path, obj):
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class PickledList:
+    """Marks a value of ``write_pickle_streamed``'s dict to be written as the list of what the
+    iterable ``items`` yields, one item at a time, without holding the list in memory."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items):
+        self.items = items
+
+
+STREAM_PROTOCOL = 3  # why 3: see write_pickle_streamed
+_PROTO = pickle.PROTO + bytes([STREAM_PROTOCOL])
+_HEAD = _PROTO + pickle.EMPTY_DICT
+
+
+def _pickled_alone(obj):
+    """``obj`` as protocol-3 opcodes without PROTO and STOP, memo-less: they build ``obj`` on the
+    unpickler's stack wherever they are put, and nothing after them can refer back into them."""
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=STREAM_PROTOCOL)
+    pickler.fast = True  # no PUT/GET: an item never meets another item's memo entries
+    pickler.dump(obj)
+    return buffer.getbuffer()[len(_PROTO):-len(pickle.STOP)]
+
+
+def write_pickle_streamed(path, entries, *, batch_size=64):
+    """Write a dict as a pickle to ``path`` (atomically) without holding its big lists in memory.
+
+    ``entries`` yields the dict's ``(key, value)`` pairs in order. A ``PickledList`` value is
+    written as a list of the items its iterable yields, each pickled and written as soon as it
+    comes (one item in memory at a time); every other value is pickled whole. The pairs are taken
+    one by one, so a pair made after a ``PickledList`` has been used up may depend on what it
+    yielded (a split listing the samples kept, say). ``pickle.load`` of the file equals
+    ``dict(pairs)`` with each ``PickledList`` replaced by the list of its items (and so does
+    ``msg3d.safe_pickle.load`` for what it accepts).
+
+    Layout: ``PROTO 3, EMPTY_DICT``, then per pair ``key value SETITEM``, where a list value is
+    ``EMPTY_LIST`` followed by ``MARK item ... APPENDS`` groups of up to ``batch_size`` items, then
+    ``STOP``. Each key, value and item is a memo-less ("fast" Pickler) protocol-3 pickle without
+    its PROTO and STOP, so the pieces need no shared memo and are self-contained. Protocol 3: it
+    writes bytes (numpy's array data) as BINBYTES (protocol 2 spells them as latin-1 text, half as
+    large again) and has no FRAME opcodes (protocol 4 puts the STOP inside its last frame). A
+    recursive item raises ``ValueError`` (fast mode cannot pickle one).
+
+    On an exception (from ``entries``, an item's iterable or the file system) nothing is left at
+    ``path`` but its previous content, as with every writer here (``atomic_path``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(_HEAD)
+            for key, value in entries:
+                f.write(_pickled_alone(key))
+                if isinstance(value, PickledList):
+                    f.write(pickle.EMPTY_LIST)
+                    pending = 0  # items written since the last MARK
+                    for item in value.items:
+                        if not pending:
+                            f.write(pickle.MARK)
+                        f.write(_pickled_alone(item))
+                        pending += 1
+                        if pending == batch_size:
+                            f.write(pickle.APPENDS)
+                            pending = 0
+                    if pending:
+                        f.write(pickle.APPENDS)
+                else:
+                    f.write(_pickled_alone(value))
+                f.write(pickle.SETITEM)
+            f.write(pickle.STOP)
 
 
 def sha256_file(path, *, chunk_size=1 << 20):

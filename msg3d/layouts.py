@@ -1,6 +1,7 @@
 """Skeleton layouts: joints, graph edges and bone pairs, shared by the graph and the data code.
 
-Facts from PYSKL (see REFERENCE §1). Indices are 0-based.
+Facts from PYSKL (see REFERENCE §1) and, for OpenPose-18, from ST-GCN / MS-G3D (REFERENCE §14).
+Indices are 0-based.
 """
 
 from dataclasses import dataclass
@@ -31,11 +32,6 @@ class Layout:
     @property
     def is_3d(self):
         return self.dims == 3
-
-    def has_score_channel(self, channels):
-        """Whether ``channels``-channel data of this layout ends in PYSKL's score channel (2D, C=3):
-        bones and motion average that channel instead of differencing it."""
-        return not self.is_3d and channels == 3
 
 
 def _from_one_based(pairs):
@@ -85,11 +81,32 @@ COCO = Layout(
     dims=2,
 )
 
-LAYOUTS = {layout.name: layout for layout in (NTU_RGBD, COCO)}
+# OpenPose-18 (ST-GCN's Kinetics-skeleton release); edges identical in ST-GCN, MS-G3D and PYSKL,
+# bone pairs as MS-G3D's gen_bone_data.py (REFERENCE §14). A tree of diameter 8: MS-G3D's 8 scales.
+OPENPOSE = Layout(
+    name="openpose",
+    joint_names=(
+        "nose", "neck", "right_shoulder", "right_elbow", "right_wrist",
+        "left_shoulder", "left_elbow", "left_wrist", "right_hip", "right_knee", "right_ankle",
+        "left_hip", "left_knee", "left_ankle", "right_eye", "left_eye", "right_ear", "left_ear",
+    ),
+    edges=(
+        (4, 3), (3, 2), (7, 6), (6, 5), (13, 12), (12, 11), (10, 9), (9, 8), (11, 5), (8, 2),
+        (5, 1), (2, 1), (0, 1), (15, 0), (14, 0), (17, 15), (16, 14),
+    ),
+    bone_pairs=(
+        (0, 0), (1, 0), (2, 1), (3, 2), (4, 3), (5, 1), (6, 5), (7, 6), (8, 2), (9, 8), (10, 9),
+        (11, 5), (12, 11), (13, 12), (14, 0), (15, 0), (16, 14), (17, 15),
+    ),
+    center=1,
+    dims=2,
+)
+
+LAYOUTS = {layout.name: layout for layout in (NTU_RGBD, COCO, OPENPOSE)}
 
 
 def get_layout(name):
-    """Return the layout called ``name`` ('nturgb+d' or 'coco'), or raise a ValueError listing them."""
+    """Return the layout called ``name`` ('nturgb+d', 'coco', 'openpose'), or raise a ValueError listing them."""
     try:
         return LAYOUTS[name]
     except KeyError:

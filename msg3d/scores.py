@@ -13,8 +13,10 @@ Files, for ``N`` samples and ``K`` classes (``<stem>`` = the scores path without
     <stem>_samples.csv     header ``frame_dir,label``, then one line per sample in the pickle's
                            order: the sample's frame_dir (str) and true label (int). Fusion refuses
                            streams whose lists differ.
-    <stem>_per_class.csv   header ``class,support,correct,accuracy``, K lines: the class's samples,
-                           how many of them top-1 gets right, their ratio (empty when support is 0).
+    <stem>_per_class.csv   header ``class,support,correct,accuracy,name``, K lines: the class's
+                           samples, how many of them top-1 gets right, their ratio (empty when
+                           support is 0) and its name (``msg3d.class_names.names_for_num_classes(K)``:
+                           NTU RGB+D 60/120, Kinetics-400; empty for other class counts).
     <stem>_confusion.npy   (K, K) int64 counts, row = true class, column = predicted (argmax).
     <stem>_confusion.csv   the same, header ``true\\pred,0,1,...,K-1``, each line led by its true class.
     <stem>_metrics.json    the default metrics path (``msg3d test --metrics`` may name another):
@@ -39,11 +41,12 @@ from pathlib import Path
 import numpy as np
 
 from msg3d import safe_pickle
+from msg3d.class_names import names_for_num_classes
 from msg3d.fileio import write_bytes_atomic, write_csv_atomic, write_json_atomic, write_pickle_atomic
 from msg3d.metrics import confusion_matrix, mean_class_accuracy, per_class_accuracy, top_k_accuracy
 
 SAMPLES_HEADER = ["frame_dir", "label"]
-PER_CLASS_HEADER = ["class", "support", "correct", "accuracy"]
+PER_CLASS_HEADER = ["class", "support", "correct", "accuracy", "name"]
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,9 @@ def write_scores(scores_path, probs, frame_dirs, labels, metrics=None, metrics_p
 
     num_classes = probs.shape[1]
     support, correct, accuracy = per_class_accuracy(probs, labels)
+    names = names_for_num_classes(num_classes) or [""] * num_classes
     write_csv_atomic(paths.per_class, PER_CLASS_HEADER, (
-        [c, int(support[c]), int(correct[c]), "" if np.isnan(accuracy[c]) else repr(float(accuracy[c]))]
+        [c, int(support[c]), int(correct[c]), "" if np.isnan(accuracy[c]) else repr(float(accuracy[c])), names[c]]
         for c in range(num_classes)))
     cm = confusion_matrix(np.argmax(probs, axis=1), labels, num_classes)
     buf = io.BytesIO()

@@ -121,8 +121,11 @@ def assert_state_dicts_equal(a, b):
 
 
 def read_log(path, kind):
-    """``log.jsonl`` records of one type, without the wall-clock ``time`` field."""
+    """``log.jsonl`` records of one type, without the fields measured on the machine (wall clock,
+    memory: ``msg3d.engine.saver.MEASURED_KEYS``), which differ between identical runs."""
     import json
 
+    from msg3d.engine.saver import MEASURED_KEYS
+
     records = [json.loads(line) for line in open(path).read().splitlines()]
-    return [{k: v for k, v in r.items() if k != "time"} for r in records if r["type"] == kind]
+    return [{k: v for k, v in r.items() if k not in MEASURED_KEYS} for r in records if r["type"] == kind]

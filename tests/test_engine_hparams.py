@@ -1,5 +1,5 @@
-"""Hyper-parameters: PYSKL defaults, merging, validation, file/JSON loading; run-folder config checks
-and lock."""
+"""Hyper-parameters: PYSKL defaults, merging, validation, file/JSON loading; the run-folder decision
+(resume by default, refuse a changed config, --force, --resume, --auto-resume) and lock."""
 
 import dataclasses
 import json
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from msg3d.engine.hparams import HParams, ModelHParams, hparams_help, load_hparams, resolve_hparams
-from msg3d.engine.run_dir import config_differences, lock_run_dir, prepare_run_dir
+from msg3d.engine.run_dir import RunPlan, config_differences, lock_run_dir, prepare_run_dir
 
 
 def test_defaults_are_pyskl_recipe():
@@ -45,6 +45,9 @@ def test_model_dict_is_merged_over_defaults():
         ({"momentum": 1.0}, "'momentum' must be < 1"),
         ({"momentum": 0.0}, "'nesterov' needs a momentum > 0"),
         ({"model": 3}, "'model' must be a mapping"),
+        ({"amp": "fp16"}, "'amp' must be one of none, bf16, got 'fp16'"),
+        ({"compile": "yes"}, "'compile' must be true or false"),
+        ({"tensorboard": 1}, "'tensorboard' must be true or false"),
     ],
 )
 def test_bad_hparams_name_the_key(overrides, message):
@@ -108,58 +111,113 @@ def test_config_differences_list_dotted_keys():
     ]
 
 
-def test_run_dir_refuses_a_changed_config_unless_forced(tmp_path):
+def _decide(out, config, **mode):
+    return prepare_run_dir(out, config, seed_given=mode.pop("seed_given", False), **mode)
+
+
+def test_a_new_folder_starts_a_run_and_replaces_nothing(tmp_path, capsys):
+    assert _decide(tmp_path / "new", _config()) == RunPlan(_config(), None, False)
+    assert capsys.readouterr().err == ""
+
+
+def test_run_dir_refuses_a_changed_config_unless_forced(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(_config()))
     changed = _config(hparams=resolve_hparams({"epochs": 3}).to_dict())
-    with pytest.raises(ValueError, match=r"different config.*\n  hparams.epochs: 16 -> 3"):
-        prepare_run_dir(tmp_path, changed, seed_given=True, resume=False, force=False)
-    assert prepare_run_dir(tmp_path, changed, seed_given=True, resume=False, force=True) == (changed, None)
-    # the same config starts over
-    assert prepare_run_dir(tmp_path, _config(), seed_given=True, resume=False, force=False) == (_config(), None)
+    with pytest.raises(ValueError, match=r"different config.*:\n  hparams.epochs: 16 -> 3\n.*--force"):
+        _decide(tmp_path, changed, seed_given=True)
+    assert _decide(tmp_path, changed, seed_given=True, force=True) == RunPlan(changed, None, True)
+    assert f"--force: starting a new run in {tmp_path}; the files there are replaced once it has written its first " \
+           "checkpoint" in capsys.readouterr().err
+    # the same config without a checkpoint (a run killed before its first one) starts again
+    assert _decide(tmp_path, _config(), seed_given=True) == RunPlan(_config(), None, True)
+    assert f"{tmp_path} has no checkpoint of its run yet" in capsys.readouterr().err
 
 
 def test_run_dir_reuses_recorded_seed_without_seed_flag(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(_config(seed=1234)))
-    config, resume_from = prepare_run_dir(tmp_path, _config(seed=99), seed_given=False, resume=False, force=False)
-    assert config["seed"] == 1234 and resume_from is None
+    plan = _decide(tmp_path, _config(seed=99))
+    assert plan.config["seed"] == 1234 and plan.resume_from is None
     with pytest.raises(ValueError, match="seed: 1234 -> 99"):
-        prepare_run_dir(tmp_path, _config(seed=99), seed_given=True, resume=False, force=False)
+        _decide(tmp_path, _config(seed=99), seed_given=True)
+    # without config.json, latest.pth's recorded seed is the run's
+    (tmp_path / "config.json").unlink()
+    _write_latest(tmp_path / "latest.pth", _config(seed=1234))
+    assert _decide(tmp_path, _config(seed=99)) == RunPlan(_config(seed=1234), tmp_path / "latest.pth", False)
+
+
+def test_rerunning_resumes_by_default(tmp_path, capsys):
+    latest = tmp_path / "latest.pth"
+    (tmp_path / "config.json").write_text(json.dumps(_config()))
+    _write_latest(latest, _config())
+    assert _decide(tmp_path, _config()) == RunPlan(_config(), latest, False)
+    assert capsys.readouterr().err == (f"msg3d train: {latest} has the same config; resuming "
+                                       "(--force starts a new run)\n")
+    changed = _config(hparams=resolve_hparams({"lr": 0.2}).to_dict())
+    with pytest.raises(ValueError) as info:
+        _decide(tmp_path, changed)
+    assert str(info.value) == (f"{tmp_path} holds a run with a different config ({tmp_path / 'config.json'}):\n"
+                               "  hparams.lr: 0.1 -> 0.2\n"
+                               "rerun with the same settings to resume it, use another --out, or add --force to "
+                               "start a new run (the folder's files are replaced once it has written its first "
+                               "checkpoint)")
+    assert _decide(tmp_path, changed, force=True) == RunPlan(changed, None, True)
+    # how a run is executed and logged, and where the store lies, do not change its results: resumed
+    executed = _config(hparams=resolve_hparams({"num_workers": 8, "log_interval": 10, "checkpoint_interval": 50,
+                                                "tensorboard": True}).to_dict(),
+                       data={"store": "/elsewhere", "split": "xsub"})
+    assert _decide(tmp_path, executed) == RunPlan(executed, latest, False)
+    # amp and compile change the arithmetic: another run
+    for key, value in (("amp", "bf16"), ("compile", True)):
+        with pytest.raises(ValueError, match=f"hparams.{key}: "):
+            _decide(tmp_path, _config(hparams=resolve_hparams({key: value}).to_dict()))
 
 
 def test_resume_needs_checkpoint_and_same_config(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(_config()))
     with pytest.raises(FileNotFoundError, match="no checkpoint .*latest.pth"):
-        prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=False)
+        _decide(tmp_path, _config(), resume=True)
     _write_latest(tmp_path / "latest.pth", _config())
-    _, resume_from = prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=False)
-    assert resume_from == tmp_path / "latest.pth"
-    with pytest.raises(ValueError, match=r"(?s)--resume: the config differs.*hparams.lr: 0.1 -> 0.2"):
-        prepare_run_dir(tmp_path, _config(hparams=resolve_hparams({"lr": 0.2}).to_dict()), seed_given=False, resume=True,
-                        force=False)
+    assert _decide(tmp_path, _config(), resume=True).resume_from == tmp_path / "latest.pth"
+    with pytest.raises(ValueError, match=r"(?s)^--resume: .* holds a run with a different config.*hparams.lr: 0.1 -> 0.2"):
+        _decide(tmp_path, _config(hparams=resolve_hparams({"lr": 0.2}).to_dict()), resume=True)
+
+
+def test_the_modes_exclude_each_other(tmp_path):
+    for modes in ({"resume": True, "force": True}, {"auto_resume": True, "force": True},
+                  {"resume": True, "auto_resume": True}):
+        with pytest.raises(ValueError, match="--resume, --auto-resume and --force exclude each other"):
+            _decide(tmp_path, _config(), **modes)
 
 
 def test_auto_resume_resumes_only_a_checkpoint_with_the_same_config(tmp_path, capsys):
     latest, config_path = tmp_path / "latest.pth", tmp_path / "config.json"
 
     def decide(config):
-        return prepare_run_dir(tmp_path, config, seed_given=False, resume=False, force=False, auto_resume=True)
+        return _decide(tmp_path, config, auto_resume=True)
 
     config_path.write_text(json.dumps(_config()))
-    assert decide(_config()) == (_config(), None)
+    assert decide(_config()) == RunPlan(_config(), None, True)
     assert f"--auto-resume: no checkpoint {latest}; starting fresh" in capsys.readouterr().err
     _write_latest(latest, _config())
-    assert decide(_config()) == (_config(), latest)
-    assert f"--auto-resume: {latest} has the same config; resuming" in capsys.readouterr().err
+    assert decide(_config()) == RunPlan(_config(), latest, False)
+    assert f"--auto-resume: {latest} has the same config; resuming\n" in capsys.readouterr().err
     # the recorded seed is reused without --seed, as for --resume
-    assert decide(_config(seed=99)) == (_config(), latest)
+    assert decide(_config(seed=99)) == RunPlan(_config(), latest, False)
     changed = _config(hparams=resolve_hparams({"lr": 0.05, "epochs": 3}).to_dict())
-    assert decide(changed) == (changed, None)
-    assert (f"--auto-resume: config differs from {config_path}: hparams.epochs: 16 -> 3; hparams.lr: 0.1 -> 0.05; "
-            f"starting fresh") in capsys.readouterr().err
-    config_path.write_text("{")  # torn or edited: nothing to compare with, never refused
-    assert decide(_config()) == (_config(), None)
-    assert f"--auto-resume: no readable {config_path} to compare the config with; starting fresh" in (
+    assert decide(changed) == RunPlan(changed, None, True)
+    assert (f"--auto-resume: {tmp_path} holds a run with a different config ({config_path}): hparams.epochs: 16 -> 3; "
+            f"hparams.lr: 0.1 -> 0.05; starting fresh") in capsys.readouterr().err
+    # an unreadable config.json: latest.pth's own record decides (config.json is rebuilt on resume)
+    config_path.write_text("{")
+    assert decide(_config()) == RunPlan(_config(), latest, False)
+    assert decide(changed) == RunPlan(changed, None, True)
+    assert f"{latest} records another config (its meta.config) than this run: hparams.epochs: 16 -> 3" in (
         capsys.readouterr().err)
+    latest.unlink()
+    assert decide(_config()) == RunPlan(_config(), None, True)
+    assert f"--auto-resume: {config_path} is not valid JSON" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(config_path))} is not valid JSON .*\nadd --force"):
+        _decide(tmp_path, _config())
 
 
 def test_the_store_path_is_not_compared_but_the_data_is():
@@ -176,24 +234,28 @@ def test_the_store_path_is_not_compared_but_the_data_is():
 
 
 def test_a_latest_pth_of_another_run_is_not_resumed(tmp_path, capsys):
-    """config.json says lr 0.1, latest.pth was trained with lr 0.2: two runs wrote the folder."""
+    """config.json says lr 0.1, latest.pth was trained with lr 0.2: two runs wrote the folder (or a
+    new run crashed between writing its first latest.pth and its config.json)."""
     latest, config_path = tmp_path / "latest.pth", tmp_path / "config.json"
     config_path.write_text(json.dumps(_config()))
     _write_latest(latest, _config(hparams=resolve_hparams({"lr": 0.2}).to_dict()))
     mixed = f"{latest} records another config (its meta.config) than {config_path}"
-    with pytest.raises(ValueError, match=rf"(?s)--resume: {re.escape(mixed)}:\n  hparams.lr: 0.2 -> 0.1\n.*--force"):
-        prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=False)
-    assert prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=True) == (_config(), latest)
-    assert prepare_run_dir(tmp_path, _config(), seed_given=False, resume=False, force=False,
-                           auto_resume=True) == (_config(), None)
+    for mode in ({}, {"resume": True}):
+        prefix = "--resume: " if mode else ""
+        with pytest.raises(ValueError,
+                           match=rf"(?s)^{prefix}{re.escape(mixed)}:\n  hparams.lr: 0.2 -> 0.1\n.*--force"):
+            _decide(tmp_path, _config(), **mode)
+    assert _decide(tmp_path, _config(), force=True) == RunPlan(_config(), None, True)
+    assert _decide(tmp_path, _config(), auto_resume=True) == RunPlan(_config(), None, True)
     assert f"--auto-resume: {mixed}: hparams.lr: 0.2 -> 0.1; starting fresh" in capsys.readouterr().err
     # a latest.pth without a recorded config, or no checkpoint at all, cannot be continued either
     torch.save({"state_dict": {}}, latest)
     with pytest.raises(ValueError, match=rf"{re.escape(str(latest))} records no run config \(meta.config\)"):
-        prepare_run_dir(tmp_path, _config(), seed_given=False, resume=True, force=False)
+        _decide(tmp_path, _config())
     latest.write_bytes(b"garbage")
-    assert prepare_run_dir(tmp_path, _config(), seed_given=False, resume=False, force=False,
-                           auto_resume=True) == (_config(), None)
+    with pytest.raises(ValueError, match=rf"^--resume: {re.escape(str(latest))}: not a loadable PyTorch checkpoint"):
+        _decide(tmp_path, _config(), resume=True)
+    assert _decide(tmp_path, _config(), auto_resume=True) == RunPlan(_config(), None, True)
     assert f"--auto-resume: {latest}: not a loadable PyTorch checkpoint" in capsys.readouterr().err
 
 
@@ -216,7 +278,7 @@ def test_a_refused_start_leaves_no_folder_it_created(tmp_path):
     out = tmp_path / "new" / "run"
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         with lock_run_dir(out):
-            prepare_run_dir(out, _config(), seed_given=False, resume=True, force=False)
+            _decide(out, _config(), resume=True)
     assert not out.exists()
 
 
@@ -242,3 +304,11 @@ def test_smallest_model_width_is_the_one_the_network_can_build():
     assert dataclasses.fields(ModelHParams)[0].metadata["minimum"] == MIN_BASE_CHANNELS
     with pytest.raises(ValueError, match=f"'model.base_channels' must be >= {MIN_BASE_CHANNELS}"):
         resolve_hparams({"model": {"base_channels": MIN_BASE_CHANNELS - 1}})
+
+
+def test_amp_modes_are_the_devices_plus_float32():
+    from msg3d.engine import device
+    from msg3d.engine.hparams import AMP_MODES
+
+    assert AMP_MODES == ("none", *device.AMP_MODES)
+    assert (HParams().amp, HParams().compile, HParams().tensorboard) == ("none", False, False)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from msg3d.engine.loader import iterations_per_epoch
-from msg3d.engine.schedule import CosineSchedule, build_optimizer, cosine_lr
+from msg3d.engine.hparams import resolve_hparams
+from msg3d.engine.schedule import CosineSchedule, MultiStepSchedule, build_optimizer, build_schedule, cosine_lr
 from msg3d.models import build_model
 
 NTU60_XSUB_ITERS = 25_072  # REFERENCE §5: 1,567 iterations/epoch x 16 epochs at global batch 128
@@ -57,6 +58,34 @@ def test_schedule_sets_every_group_and_checks_resume_state():
     schedule.load_state_dict(schedule.state_dict())
     with pytest.raises(ValueError, match="does not match"):
         schedule.load_state_dict({"base_lr": 0.2, "max_iters": 11})
+    # checkpoints from before the multi-step schedule hold no "kind": they are cosine ones
+    schedule.load_state_dict({"base_lr": 0.2, "max_iters": 10})
+
+
+def test_multistep_is_msg3ds_kinetics_decay():
+    """MS-G3D's adjust_learning_rate: lr * 0.1 ** sum(epoch >= step) for 0-based epochs, steps 45, 55."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    hp = resolve_hparams(recipe="msg3d-kinetics")
+    iters_per_epoch = 7
+    schedule = build_schedule(hp, opt, 0.1, hp.epochs * iters_per_epoch, iters_per_epoch)
+    assert isinstance(schedule, MultiStepSchedule)
+    per_epoch = [schedule.lr_at(e * iters_per_epoch + i) for e in range(hp.epochs) for i in (0, iters_per_epoch - 1)]
+    expected = [0.1 * 0.1 ** ((e >= 45) + (e >= 55)) for e in range(hp.epochs) for _ in (0, 1)]
+    assert per_epoch == expected
+    assert schedule.lr_at(45 * iters_per_epoch - 1) == 0.1 and schedule.lr_at(45 * iters_per_epoch) == 0.1 * 0.1
+    assert schedule.apply(55 * iters_per_epoch) == opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+    assert isinstance(build_schedule(resolve_hparams(), opt, 0.1, 10, 5), CosineSchedule)
+
+
+def test_multistep_resume_checks_the_whole_schedule():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = MultiStepSchedule(opt, 0.1, 100, 10, [4, 8], 0.1)
+    schedule.load_state_dict(schedule.state_dict())
+    for changed in ({"steps": [4, 9]}, {"gamma": 0.5}, {"iters_per_epoch": 11}, {"kind": "cosine"}):
+        with pytest.raises(ValueError, match=r"checkpoint schedule \(.*\) does not match this run's \(.*steps \[4, 8\]"):
+            schedule.load_state_dict({**schedule.state_dict(), **changed})
+    with pytest.raises(ValueError, match="does not match"):
+        CosineSchedule(opt, 0.1, 100).load_state_dict(schedule.state_dict())
 
 
 def test_sgd_nesterov_with_weight_decay_on_every_parameter():

@@ -16,6 +16,7 @@ from msg3d.data.dataset import SkeletonDataset
 from msg3d.data.derive import derive_annotations
 from msg3d.data.store import open_store
 from msg3d.models import build_model
+from msg3d.scores import read_scores
 from test_engine_common import (
     REFERENCE,
     load_state_dict,
@@ -59,7 +60,7 @@ def test_outputs_and_metrics(reference_run, tiny_store, tmp_path):
     ckpt = reference_run / "best.pth"
     scores_path = tmp_path / "j.pkl"
     metrics = engine_test.evaluate_checkpoint(tiny_store, "tiny", ckpt, scores_path, num_clips=3, batch_size=4,
-                                              num_workers=0, device="cpu")
+                                              num_workers=0, device="cpu", logits_out=tmp_path / "j_logits.pkl")
     with open(scores_path, "rb") as f:
         scores = pickle.load(f)
     store = open_store(tiny_store)
@@ -76,8 +77,13 @@ def test_outputs_and_metrics(reference_run, tiny_store, tmp_path):
     ds = SkeletonDataset(tiny_store, "tiny_val", clip_len=REFERENCE["clip_len"], num_clips=3, test_mode=True)
     with torch.no_grad():
         x = torch.stack([ds[i][0] for i in range(len(ds))])  # (6, 3, 2, 16, 25, 3)
-        expected = model(x.flatten(0, 1)).softmax(-1).reshape(6, 3, 3).mean(1)
-    np.testing.assert_allclose(probs, expected.numpy(), rtol=0, atol=1e-6)
+        logits = model(x.flatten(0, 1)).reshape(6, 3, 3)
+    np.testing.assert_allclose(probs, logits.softmax(-1).mean(1).numpy(), rtol=0, atol=1e-6)
+    # --logits: the clip-averaged logits (MS-G3D's ensemble sums them), a stream of its own
+    logit_scores, logit_dirs, logit_labels = read_scores(tmp_path / "j_logits.pkl")
+    np.testing.assert_allclose(logit_scores, logits.mean(1).numpy(), rtol=0, atol=1e-5)
+    assert list(logit_dirs) == list(frame_dirs) and list(logit_labels) == list(labels)
+    assert metrics["outputs"]["logits"] == str(tmp_path / "j_logits.pkl")
 
     top1, top5, mca = _hand_metrics(probs, labels)
     on_disk = json.loads((tmp_path / "j_metrics.json").read_text())
@@ -101,10 +107,11 @@ def test_outputs_and_metrics(reference_run, tiny_store, tmp_path):
     assert rows[0] == ["true\\pred", "0", "1", "2"]
     assert [[int(v) for v in r] for r in rows[1:]] == [[t, *cm[t]] for t in range(3)]
     per_class = _read_csv(tmp_path / "j_per_class.csv")
-    assert per_class[0] == ["class", "support", "correct", "accuracy"]
+    assert per_class[0] == ["class", "support", "correct", "accuracy", "name"]
     for c, row in enumerate(per_class[1:]):
         assert [int(row[0]), int(row[1]), int(row[2])] == [c, 2, cm[c, c]]
         assert float(row[3]) == cm[c, c] / 2
+        assert row[4] == ""  # 3 classes: no known label list names them
 
 
 def test_pyskl_checkpoint_round_trip_and_a_class_only_predicted(reference_run, tiny_store, tmp_path):
@@ -253,3 +260,75 @@ def test_hostile_checkpoint_is_refused_before_its_code_runs(tiny_store, tmp_path
                      "--hparams-json", TINY_HP_JSON]) == 2
     assert f"msg3d test: error: {ckpt}: not a loadable PyTorch checkpoint" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.pth"]
+
+
+def _store_from_known_annotations(path, sha256):
+    """The tiny store's samples, derived from annotations of source sha ``sha256``, with an extra split
+    ``mixed_val``: 3 samples of ``tiny_train`` and 2 of ``tiny_val``."""
+    from test_engine_common import tiny_annotations
+
+    annotations = tiny_annotations()
+    split = annotations["split"]
+    split["mixed_val"] = split["tiny_train"][:3] + split["tiny_val"][:2]
+    return derive_annotations(annotations, path, "nturgb+d", "j", source={"name": "tiny.pkl", "sha256": sha256},
+                              progress=False)
+
+
+def _checkpoint_trained_on(reference_run, store, path, **hparams):
+    """best.pth of the reference run, recorded as trained on ``store``'s ``tiny_train`` (and with
+    ``hparams`` changed in its config)."""
+    ckpt = torch.load(reference_run / "best.pth", weights_only=True)
+    config = ckpt["meta"]["config"]
+    config["data"].update(meta=open_store(store).meta, train_split="tiny_train")
+    config["hparams"].update(hparams)
+    torch.save(ckpt, path)
+    return path
+
+
+def test_testing_on_samples_the_checkpoint_was_trained_on_warns_with_the_count(reference_run, tmp_path, capsys):
+    sha = "ab" * 32
+    store = _store_from_known_annotations(tmp_path / "store", sha)
+    ckpt = _checkpoint_trained_on(reference_run, store, tmp_path / "xsub.pth")
+    kwargs = dict(num_clips=1, num_workers=0, device="cpu")
+    metrics = engine_test.evaluate_checkpoint(store, "mixed", ckpt, tmp_path / "mixed.pkl", **kwargs)
+    assert capsys.readouterr().err.split("\n", 1)[0] + "\n" == (
+        f"msg3d test: warning: 3 of the 5 samples of split 'mixed_val' are in split 'tiny_train' that {ckpt} was "
+        f"trained on (same annotations, sha256 abababababab...): its accuracy on them is no test result\n")
+    overlap = {"train_split": "tiny_train", "count": 3, "num_test_samples": 5, "source_sha256": sha}
+    assert metrics["train_overlap"] == overlap
+    assert json.loads((tmp_path / "mixed_metrics.json").read_text())["train_overlap"] == overlap
+    # the checkpoint's own val split: counted, nothing to warn about
+    metrics = engine_test.evaluate_checkpoint(store, "tiny", ckpt, tmp_path / "val.pkl", **kwargs)
+    assert metrics["train_overlap"] == dict(overlap, count=0, num_test_samples=6)
+    assert "warning" not in capsys.readouterr().err
+    # annotations of another source (their split names may mean other samples), or unknown: not counted
+    other = _store_from_known_annotations(tmp_path / "other", "cd" * 32)
+    metrics = engine_test.evaluate_checkpoint(other, "mixed", ckpt, tmp_path / "other.pkl", **kwargs)
+    assert metrics["train_overlap"] is None and "warning" not in capsys.readouterr().err
+    metrics = engine_test.evaluate_checkpoint(store, "mixed", reference_run / "best.pth", tmp_path / "ref.pkl", **kwargs)
+    assert metrics["train_overlap"] is None  # its store has no source sha256
+
+
+def test_amp_and_num_workers_come_from_the_checkpoint_unless_given(reference_run, tiny_store, tmp_path, monkeypatch):
+    used = []
+    real_predict = engine_test.predict
+
+    def recording_predict(model, loader, device, amp=None, **kwargs):
+        used.append((amp, loader.num_workers))
+        return real_predict(model, loader, device, amp, **kwargs)
+
+    monkeypatch.setattr(engine_test, "predict", recording_predict)
+    ckpt = _checkpoint_trained_on(reference_run, tiny_store, tmp_path / "bf16.pth", amp="bf16", num_workers=0)
+    metrics = engine_test.evaluate_checkpoint(tiny_store, "tiny", ckpt, tmp_path / "a.pkl", num_clips=1, device="cpu")
+    assert (metrics["amp"], metrics["num_workers"], used.pop()) == ("bf16", 0, ("bf16", 0))
+    assert cli_main(["test", "--data", str(tiny_store), "--split", "tiny", "--checkpoint", str(ckpt), "--out",
+                     str(tmp_path / "b.pkl"), "--num-clips", "1", "--device", "cpu", "--amp", "none",
+                     "--num-workers", "1"]) == 0
+    assert used.pop() == (None, 1)
+    assert json.loads((tmp_path / "b_metrics.json").read_text())["amp"] == "none"
+    # a PYSKL checkpoint has no config: the --hparams given with it decide
+    pyskl = _pyskl_file(tmp_path / "pyskl.pth", load_state_dict(reference_run / "best.pth"))
+    engine_test.evaluate_checkpoint(tiny_store, "tiny", pyskl, tmp_path / "c.pkl", num_clips=1, device="cpu",
+                                    hparams={"clip_len": REFERENCE["clip_len"], "model": REFERENCE["model"],
+                                             "amp": "bf16", "num_workers": 0})
+    assert used.pop() == ("bf16", 0)

@@ -1,5 +1,6 @@
 """`msg3d train` on a tiny store: outputs, learning, determinism, exact resume after kill -9, DDP, errors."""
 
+import contextlib
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from msg3d.models import build_model
 from msg3d.provenance import code_digest
 from test_engine_common import (
     REFERENCE,
+    one_thread,
     REFERENCE_SEED,
     TINY,
     assert_state_dicts_equal,
@@ -183,7 +185,9 @@ def test_run_outputs_and_learning(reference_run, tiny_store):
     assert config["data"]["store"] == str(Path(tiny_store).resolve())
     assert (config["data"]["train_split"], config["data"]["val_split"]) == ("tiny_train", "tiny_val")
     assert config["data"]["meta"]["modality"] == "j"
-    assert config["runtime"] == {"device": "cpu", "amp": None, "compile": False, "world_size": 1}
+    assert config["runtime"] == {"device": "cpu", "world_size": 1}
+    assert (config["hparams"]["amp"], config["hparams"]["compile"], config["hparams"]["tensorboard"]) == (
+        "none", False, False)
     # 12 samples x repeat 3 / batch 4 -> 9 iterations per epoch; lr 0.03 x 4 / 4
     assert config["derived"] == {"lr_used": 0.03, "global_batch": 4, "iters_per_epoch": 9, "max_iters": 27}
 
@@ -257,8 +261,10 @@ def test_same_seed_same_results_whatever_the_worker_count(reference_run, tiny_st
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flag", ["--resume", "--auto-resume"])
+@pytest.mark.parametrize("flag", ["", "--resume", "--auto-resume"])
 def test_kill_9_then_resume_is_bit_identical(flag, reference_run, tiny_store, tmp_path, capsys):
+    """"": PYSKL's habit, the same command run again; --resume: the same, insisting on a checkpoint;
+    --auto-resume: the workflow's."""
     out = tmp_path / "killed"
     args = ["train", "--data", str(tiny_store), "--split", "tiny", "--out", str(out),
             "--hparams-json", json.dumps(REFERENCE), "--device", "cpu"]
@@ -273,18 +279,20 @@ def test_kill_9_then_resume_is_bit_identical(flag, reference_run, tiny_store, tm
     assert resumed_from < 27, "killed only after the last checkpoint: nothing left to resume"
 
     if flag == "--resume":
-        # a changed config is refused on resume; forced, it fails on the schedule and leaves the folder as it was
+        # a changed config is refused, naming the difference, and the folder is left as it was
+        before = _folder_bytes(out)
         changed = dict(REFERENCE, epochs=4)
-        with pytest.raises(ValueError, match=r"(?s)--resume: the config differs.*hparams.epochs: 3 -> 4"):
+        with pytest.raises(ValueError, match=r"(?s)^--resume: .* holds a run with a different config.*"
+                                             r"hparams.epochs: 3 -> 4"):
             train(tiny_store, "tiny", out, changed, resume=True, device="cpu")
-        with pytest.raises(ValueError, match=r"checkpoint schedule \(lr 0.03, 27 iterations\) does not match"):
-            train(tiny_store, "tiny", out, changed, resume=True, force=True, device="cpu")
-        # without config.json (lost), a resume without --seed would draw another seed: refused
-        (out / "config.json").rename(tmp_path / "config.json")
-        with pytest.raises(ValueError, match=rf"trained with seed {REFERENCE_SEED}, this run has seed \d+; resume "
-                                             rf"with --seed {REFERENCE_SEED}"):
-            train(tiny_store, "tiny", out, REFERENCE, resume=True, device="cpu")
-        (tmp_path / "config.json").rename(out / "config.json")
+        # config.json lost: latest.pth's own record is compared (its seed too), and config.json rebuilt
+        (out / "config.json").unlink()
+        with pytest.raises(ValueError, match=rf"(?s)records another config .* than this run:\n  seed: "
+                                             rf"{REFERENCE_SEED} -> 5\n"):
+            train(tiny_store, "tiny", out, REFERENCE, resume=True, device="cpu", seed=5)
+        for name in ("config.json", ".lock"):  # the killed run's lock file goes with the next start's lock
+            before.pop(name)
+        assert _folder_bytes(out) == before
     else:
         # Snakemake deletes a job's declared outputs before rerunning it; latest.pth has what is needed
         for name in ("epochs.csv", "best.pth"):
@@ -294,11 +302,12 @@ def test_kill_9_then_resume_is_bit_identical(flag, reference_run, tiny_store, tm
     gone.wait()
     (out / f".latest.pth.tmp-{fileio._HOST}-{gone.pid}-x1y2z3").write_bytes(b"partial")
 
-    assert cli_main(args + [flag]) == 0, capsys.readouterr().err  # the seed comes from config.json
+    rerun = args + ["--seed", str(REFERENCE_SEED)] if flag == "" else args + [flag]  # else the recorded seed
+    assert cli_main(rerun) == 0, capsys.readouterr().err
     err = capsys.readouterr().err
-    assert f"resuming from {out / 'latest.pth'} at iteration {resumed_from}/27" in err
-    if flag == "--auto-resume":
-        assert f"--auto-resume: {out / 'latest.pth'} has the same config; resuming" in err
+    assert f"resuming from {out / 'latest.pth'} at iteration {resumed_from}/27 (epoch " in err
+    said = {"": " (--force starts a new run)", "--resume": "", "--auto-resume": ""}[flag]
+    assert f"{flag + ': ' if flag else ''}{out / 'latest.pth'} has the same config; resuming{said}\n" in err
     assert read_epochs(out / "epochs.csv") == read_epochs(reference_run / "epochs.csv")
     assert_state_dicts_equal(load_state_dict(out / "latest.pth"), load_state_dict(reference_run / "latest.pth"))
     assert_state_dicts_equal(load_state_dict(out / "best.pth"), load_state_dict(reference_run / "best.pth"))
@@ -321,7 +330,7 @@ def test_changed_config_refused_unless_forced(reference_run, tiny_store, tmp_pat
     before = (out / "config.json").read_text()
     assert cli_main(args) == 2
     err = capsys.readouterr().err
-    assert "different config" in err and "hparams.epochs: 3 -> 1" in err and "--force" in err
+    assert "different config" in err and "\n  hparams.epochs: 3 -> 1\n" in err and "--force" in err
     assert (out / "config.json").read_text() == before
     # --force starts over in the same folder; the seed recorded there is reused (no --seed given)
     assert cli_main(args + ["--force"]) == 0
@@ -329,6 +338,32 @@ def test_changed_config_refused_unless_forced(reference_run, tiny_store, tmp_pat
     assert config["hparams"]["epochs"] == 1 and config["seed"] == REFERENCE_SEED
     assert len(read_epochs(out / "epochs.csv")) == 1
     assert torch.load(out / "latest.pth", weights_only=True)["meta"]["iter"] == 3
+
+
+@pytest.mark.slow
+def test_multistep_schedule_resumes_exactly_after_kill_9(tiny_store, tmp_path):
+    """MS-G3D's step decay (the Kinetics recipe's schedule) resumes like the cosine one: killed
+    after a checkpoint in epoch 2, the run ends with the uninterrupted run's weights and rates."""
+    hp = dict(REFERENCE, lr_schedule="multistep", lr_steps=[1, 2], lr_gamma=0.5)
+    args = ["train", "--data", str(tiny_store), "--split", "tiny", "--hparams-json", json.dumps(hp),
+            "--device", "cpu", "--seed", str(REFERENCE_SEED)]
+    with one_thread():
+        assert cli_main(args + ["--out", str(tmp_path / "whole")]) == 0
+    out = tmp_path / "killed"
+    stderr_path = tmp_path / "killed.stderr"
+    with open(stderr_path, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-m", "msg3d", *args, "--out", str(out)], cwd=REPO,
+                                env=ONE_THREAD_ENV, stdout=subprocess.DEVNULL, stderr=stderr)
+        _kill_after_checkpoint(proc, out, 10, stderr_path)
+    assert proc.returncode == -signal.SIGKILL
+    with one_thread():
+        assert cli_main(args + ["--out", str(out), "--resume"]) == 0
+    assert_state_dicts_equal(load_state_dict(out / "latest.pth"), load_state_dict(tmp_path / "whole" / "latest.pth"))
+    assert read_epochs(out / "epochs.csv") == read_epochs(tmp_path / "whole" / "epochs.csv")
+    rates = [r["lr"] for r in read_log(out / "log.jsonl", "train")]
+    scaled = 0.03 * 4 / 4  # lr 0.03 given for lr_batch 4, batch 4
+    assert rates == [r["lr"] for r in read_log(tmp_path / "whole" / "log.jsonl", "train")]
+    assert set(rates) == {scaled, scaled * 0.5, scaled * 0.25}
 
 
 class Interrupted(Exception):
@@ -388,8 +423,8 @@ def test_auto_resume_starts_fresh_when_config_or_code_differs(tiny_store, tmp_pa
     # another learning rate: the run folder is replaced by a new run, as if it had been empty
     train(tiny_store, "tiny", out, dict(hp, lr=0.05), seed=0, device="cpu", auto_resume=True)
     err = capsys.readouterr().err
-    assert (f"--auto-resume: config differs from {out / 'config.json'}: derived.lr_used: 0.003125 -> 0.0015625; "
-            f"hparams.lr: 0.1 -> 0.05; starting fresh") in err
+    assert (f"--auto-resume: {out} holds a run with a different config ({out / 'config.json'}): derived.lr_used: "
+            f"0.003125 -> 0.0015625; hparams.lr: 0.1 -> 0.05; starting fresh") in err
     assert (out / "config.json").read_text() == (fresh / "config.json").read_text()
     assert read_epochs(out / "epochs.csv") == read_epochs(fresh / "epochs.csv")
     for name in ("latest.pth", "best.pth"):
@@ -400,12 +435,12 @@ def test_auto_resume_starts_fresh_when_config_or_code_differs(tiny_store, tmp_pa
     config = json.loads((out / "config.json").read_text())
     digest = config["code_digest"]
     (out / "config.json").write_text(json.dumps(dict(config, code_digest="0123456789abcdef")))
-    with pytest.raises(ValueError, match=rf"(?s)--resume: the config differs.*code_digest: '0123456789abcdef' -> "
-                                         rf"'{digest}'"):
+    with pytest.raises(ValueError, match=rf"(?s)--resume: .* holds a run with a different config.*code_digest: "
+                                         rf"'0123456789abcdef' -> '{digest}'"):
         train(tiny_store, "tiny", out, dict(hp, lr=0.05), seed=0, device="cpu", resume=True)
     train(tiny_store, "tiny", out, dict(hp, lr=0.05), seed=0, device="cpu", auto_resume=True)
-    assert (f"config differs from {out / 'config.json'}: code_digest: '0123456789abcdef' -> '{digest}'; "
-            f"starting fresh") in capsys.readouterr().err
+    assert (f"holds a run with a different config ({out / 'config.json'}): code_digest: '0123456789abcdef' -> "
+            f"'{digest}'; starting fresh") in capsys.readouterr().err
     assert json.loads((out / "config.json").read_text())["code_digest"] == digest
     assert not read_log(out / "log.jsonl", "resume")
     assert [r["iter"] for r in read_log(out / "log.jsonl", "checkpoint")] == [3]  # one run's, not two
@@ -513,11 +548,18 @@ def test_a_moved_project_resumes_instead_of_retraining(reference_run, tiny_store
     shutil.copytree(tiny_store, moved / "store")
     shutil.copytree(reference_run, moved / "run")
     out = moved / "run"
-    assert cli_main(["train", "--data", str(moved / "store"), "--split", "tiny", "--out", str(out), "--device", "cpu",
-                     "--hparams-json", json.dumps(REFERENCE), "--auto-resume"]) == 0
+    args = ["train", "--data", str(moved / "store"), "--split", "tiny", "--out", str(out), "--device", "cpu",
+            "--hparams-json", json.dumps(REFERENCE), "--auto-resume"]
+    assert cli_main(args) == 0
     err = capsys.readouterr().err
     assert f"--auto-resume: {out / 'latest.pth'} has the same config; resuming" in err
-    assert f"resuming from {out / 'latest.pth'} at iteration 27/27" in err
+    assert f"{out}: training already finished at iteration 27/27 (epoch 3/3); nothing to do" in err
+    # Snakemake deletes the declared outputs before a rerun: rebuilt, with the store's new path
+    (out / "epochs.csv").unlink()
+    assert cli_main(args) == 0
+    err = capsys.readouterr().err
+    assert (f"{out}: training already finished at iteration 27/27 (epoch 3/3); rebuilt config.json, epochs.csv "
+            f"and best.pth from {out / 'latest.pth'}") in err
     config, reference = (json.loads((d / "config.json").read_text()) for d in (out, reference_run))
     assert config["data"].pop("store") == str((moved / "store").resolve())  # recorded anew, for information
     reference["data"].pop("store")
@@ -526,20 +568,55 @@ def test_a_moved_project_resumes_instead_of_retraining(reference_run, tiny_store
     assert read_epochs(out / "epochs.csv") == read_epochs(reference_run / "epochs.csv")
 
 
-def test_auto_resume_excludes_resume_and_force(tmp_path):
-    for other in ({"resume": True}, {"force": True}):
-        with pytest.raises(ValueError, match="do not combine it with --resume or --force"):
-            train(tmp_path / "store", "tiny", tmp_path / "run", auto_resume=True, **other)
+def test_resume_auto_resume_and_force_exclude_each_other(tmp_path, capsys):
+    for modes in ({"auto_resume": True, "resume": True}, {"auto_resume": True, "force": True},
+                  {"resume": True, "force": True}):
+        with pytest.raises(ValueError, match="--resume, --auto-resume and --force exclude each other"):
+            train(tmp_path / "store", "tiny", tmp_path / "run", **modes)
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--data", "s", "--split", "tiny", "--out", "r", "--resume", "--force"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
 def test_bf16_autocast_run(tiny_store, tmp_path):
     out = tmp_path / "bf16"
-    result = train(tiny_store, "tiny", out, dict(TINY, epochs=1), seed=0, device="cpu", amp="bf16")
-    assert json.loads((out / "config.json").read_text())["runtime"]["amp"] == "bf16"
+    result = train(tiny_store, "tiny", out, dict(TINY, epochs=1, amp="bf16"), seed=0, device="cpu")
+    assert json.loads((out / "config.json").read_text())["hparams"]["amp"] == "bf16"
     assert math.isfinite(result["epochs"][0]["train_loss"])
     # weights stay float32 (autocast computes in bf16, parameters and checkpoint are fp32)
     assert {t.dtype for t in load_state_dict(out / "latest.pth").values()} <= {torch.float32, torch.int64}
+
+
+def test_amp_and_compile_come_from_the_hparams_and_the_flags_override_them(tiny_store, tmp_path, monkeypatch):
+    """The config (workflow train: section, --hparams-json) reaches amp and compile; --amp/--compile
+    override it; config.json records them once, under hparams."""
+    compiled, autocasts = [], []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    from msg3d.engine import loop
+
+    def recording_autocast(device, amp):
+        autocasts.append(amp)
+        return contextlib.nullcontext()  # the float32 step: only the choice is under test here
+
+    monkeypatch.setattr(loop, "autocast", recording_autocast)
+    hp = dict(TINY, epochs=1, amp="bf16", compile=True)
+    base = ["train", "--data", str(tiny_store), "--split", "tiny", "--device", "cpu", "--seed", "0"]
+    assert cli_main(base + ["--out", str(tmp_path / "a"), "--hparams-json", json.dumps(hp)]) == 0
+    config = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert (config["hparams"]["amp"], config["hparams"]["compile"]) == ("bf16", True)
+    assert "amp" not in config["runtime"] and "compile" not in config["runtime"]
+    assert compiled == ["RecognizerGCN"] and set(autocasts) == {"bf16"} and len(autocasts) == 3
+    compiled.clear(), autocasts.clear()
+    assert cli_main(base + ["--out", str(tmp_path / "b"), "--hparams-json", json.dumps(dict(TINY, epochs=1)),
+                            "--amp", "bf16", "--compile"]) == 0
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["hparams"] == config["hparams"]
+    assert compiled == ["RecognizerGCN"] and set(autocasts) == {"bf16"}
+    autocasts.clear()
+    assert cli_main(base + ["--out", str(tmp_path / "c"), "--hparams-json", json.dumps(hp), "--amp", "none"]) == 0
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["hparams"]["amp"] == "none"
+    assert set(autocasts) == {None}
 
 
 @pytest.mark.slow

@@ -2,12 +2,14 @@
 
 import json
 import pickle
+import re
 
 import numpy as np
 import pytest
 
 from msg3d.cli import main
-from msg3d.report.fusion import fuse_files, fuse_scores, search_weights, stratified_halves
+from msg3d.report.fusion import (fuse_files, fuse_scores, search_files, search_weights, split_problem,
+                                 stratified_halves)
 from msg3d.scores import read_scores, write_scores
 
 FRAME_DIRS = ["S001C001P003R001A001", "S001C001P003R001A002", "S001C001P003R001A003"]
@@ -136,6 +138,24 @@ def test_cli(tmp_path, capsys):
     assert main(["fuse", "--scores", f"j={j}", "--search", "0,x", "--out", str(out)]) == 2
 
 
+def test_logits_are_summed_as_msg3ds_ensemble(tmp_path, capsys):
+    """MS-G3D's ensemble.py adds the streams' raw scores: with logits the winner can differ from
+    the sum of the same streams' probabilities."""
+    j_logits = np.array([[5.0, 0.0, 0.0], [0.0, 1.0, 0.9], [0.0, 0.0, 1.0]])
+    b_logits = np.array([[0.0, 5.5, 5.4], [0.0, 0.0, 3.0], [0.0, 2.0, 0.0]])
+    j, b = write_stream(tmp_path, "j", j_logits), write_stream(tmp_path, "b", b_logits)
+    out = tmp_path / "ensemble.json"
+    assert main(["fuse", "--logits", "--scheme", "ensemble", "--scores", f"j={j}", f"b={b}", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["method"] == "weighted sum of clip-averaged logits (MS-G3D's ensemble)"
+    summed = (j_logits + b_logits).argmax(1)  # [1, 2, 1]; the probabilities' sum: [0, 2, 1]
+    assert result["top1"] == pytest.approx(np.mean(summed == LABELS))
+    probs = [np.exp(x) / np.exp(x).sum(1, keepdims=True) for x in (j_logits, b_logits)]
+    assert not np.array_equal((probs[0] + probs[1]).argmax(1), summed)
+    assert main(["fuse", "--logits", "--search", "0,1", "--scores", f"j={j}", f"b={b}", "--out", str(out)]) == 2
+    assert "--search chooses the weights itself from probabilities" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("search", [False, True])
 def test_non_finite_stream_is_refused_and_nothing_written(tmp_path, capsys, search):
     j = write_stream(tmp_path, "j", J)
@@ -211,3 +231,58 @@ def test_pyskl_result_errors(tmp_path, capsys):
     assert main(base) == 2  # without --ann a result.pkl has no samples
     assert "j_samples.csv: sample list not found" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("labels, problem", [
+    ([], "no samples to split into a selection and an evaluation half"),
+    ([0, 1, 2], "3 of the 3 classes among the 3 samples have a single sample (first: class 0)"),
+    ([0, 0, 1, 2, 2, 3], "2 of the 4 classes among the 6 samples have a single sample (first: class 1)"),
+])
+def test_split_problem_names_why_the_halves_cannot_be_made(labels, problem):
+    """The rule: at least one sample and 2 samples of every class present, so that both halves hold
+    every class (with one sample of a class, the evaluation half would lack it)."""
+    assert split_problem(np.asarray(labels, dtype=np.int64)).startswith(problem)
+    if labels:
+        select, evaluate = stratified_halves(np.asarray(labels), seed=0)
+        assert set(np.asarray(labels)[evaluate]) != set(labels)
+    with pytest.raises(ValueError, match="cannot search fusion weights: " + re.escape(problem)):
+        search_weights({"j": np.ones((len(labels), 4))}, np.asarray(labels, dtype=np.int64), grid=[1])
+
+
+def test_two_samples_of_every_class_are_enough():
+    labels = np.array([0, 0, 1, 1, 5, 5])
+    assert split_problem(labels) is None
+    select, evaluate = stratified_halves(labels, seed=0)
+    assert set(labels[select]) == set(labels[evaluate]) == {0, 1, 5}
+
+
+def test_search_on_a_val_set_too_small_to_halve_is_skipped_not_failed(tmp_path, capsys):
+    """A workflow's fuse_search job must not stop the DAG: the JSON says why, the exit status is 0,
+    and the table shows the entry as skipped (tests/test_table.py)."""
+    j, b = write_stream(tmp_path, "j", J), write_stream(tmp_path, "b", B)  # 3 classes, 1 sample each
+    out = tmp_path / "fusion" / "search.json"
+    assert main(["fuse", "--scheme", "search", "--scores", f"j={j}", f"b={b}", "--search", "0,1,2",
+                 "--seed", "4", "--out", str(out)]) == 0
+    reason = ("3 of the 3 classes among the 3 samples have a single sample (first: class 0); splitting into two "
+              "class-stratified halves needs at least 2 samples of every class")
+    assert f"fusion weight search skipped ({out} says why): {reason}" in capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result == {"scheme": "search", "method": result["method"], "grid": [0, 1, 2], "seed": 4,
+                      "streams": {"b": {"scores": str(b)}, "j": {"scores": str(j)}}, "num_classes": 3,
+                      "skipped": reason, "num_samples": 3}
+    assert "weights" not in result and "top1" not in result
+    # a bad grid is still an error, not a skip
+    assert main(["fuse", "--scores", f"j={j}", f"b={b}", "--search", "0,0", "--out", str(tmp_path / "x.json")]) == 2
+    assert "the weight grid must hold non-negative integers, at least one positive" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_search_files_runs_when_every_class_has_two_samples(tmp_path):
+    labels = [0, 0, 1, 1, 2, 2]
+    dirs = [f"S{i:03d}" for i in range(6)]
+    j = write_stream(tmp_path, "j", np.repeat(J, 2, axis=0), frame_dirs=dirs, labels=labels)
+    b = write_stream(tmp_path, "b", np.repeat(B, 2, axis=0), frame_dirs=dirs, labels=labels)
+    result = search_files({"j": j, "b": b}, [0, 1], tmp_path / "s.json", scheme="search")
+    assert "skipped" not in result
+    assert result["num_samples"] == 3 and result["selection"]["num_samples"] == 3
+    assert result["weights"] == {"b": 1, "j": 1}  # j+b gets all three classes right

@@ -349,7 +349,7 @@ def test_torch_compile_fullgraph_matches_eager():
 
 
 def test_predict_probs_rejects_a_batch_without_clip_axis():
-    with pytest.raises(ValueError, match=r"expects \(N, num_clips, M, T, V, C\), got shape \(2, 2, 12, 25, 3\)"):
+    with pytest.raises(ValueError, match=r"clip_logits expects \(N, num_clips, M, T, V, C\), got shape \(2, 2, 12, 25, 3\)"):
         small_model().eval().predict_probs(torch.randn(2, 2, 12, 25, 3))
 
 

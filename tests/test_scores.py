@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 
+from msg3d.class_names import class_names
 from msg3d.fileio import write_csv_atomic
 from msg3d.scores import check_same_samples, read_result, read_scores, sibling_paths, summary_metrics, write_scores
 
@@ -81,13 +82,32 @@ def test_per_class_and_confusion_files(tmp_path):
     # labels 0, 1, 2, 1; argmax 0, 1, 2, 0; class 3 has no sample
     probs = np.hstack([PROBS, np.zeros((4, 1))])
     paths = write_scores(tmp_path / "s.pkl", probs, ["a", "b", "c", "d"], [0, 1, 2, 1], {})
+    # 4 classes: no dataset has that many, so the names are empty
     assert paths.per_class.read_text() == (
-        "class,support,correct,accuracy\n0,1,1,1.0\n1,2,1,0.5\n2,1,1,1.0\n3,0,0,\n")
+        "class,support,correct,accuracy,name\n0,1,1,1.0,\n1,2,1,0.5,\n2,1,1,1.0,\n3,0,0,,\n")
     cm = np.load(paths.confusion_npy)
     assert cm.dtype == np.int64
     np.testing.assert_array_equal(cm, [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
     assert paths.confusion_csv.read_text() == (
         "true\\pred,0,1,2,3\n0,1,0,0,0\n1,1,1,0,0\n2,0,0,1,0\n3,0,0,0,0\n")
+
+
+@pytest.mark.parametrize("dataset", ["ntu60", "ntu120", "kinetics400"])
+def test_per_class_csv_names_the_classes_of_a_known_class_count(tmp_path, dataset):
+    """NTU RGB+D 60/120 and Kinetics-400 by their class count (msg3d.class_names); the existing
+    columns keep their order, the name comes last."""
+    names = class_names(dataset)
+    k = len(names)
+    labels = np.arange(k)
+    probs = np.eye(k)[(labels + (labels == 1)) % k]  # all right but class 1, taken for class 2
+    paths = write_scores(tmp_path / "s.pkl", probs, [f"s{c}" for c in range(k)], labels, {})
+    with open(paths.per_class, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["class", "support", "correct", "accuracy", "name"]
+    assert [row[4] for row in rows[1:]] == list(names)
+    assert rows[1:3] == [["0", "1", "1", "1.0", names[0]], ["1", "1", "0", "0.0", names[1]]]
+    if dataset == "ntu60":
+        assert rows[1][4] == "drink water" and rows[60][4] == "walking apart from each other"
 
 
 def test_write_refuses_mismatched_lengths(tmp_path):

@@ -1,9 +1,13 @@
-"""The Snakemake workflow: lint, the DAG the config asks for, honest code digests, and one
-end-to-end run of the small demo (tests/e2e/config) in a temporary copy of the repository."""
+"""The Snakemake workflow: lint, the DAG the config asks for (exactly the config files given),
+honest code digests, and one end-to-end run of the small demo (tests/e2e/config) in a temporary
+copy of the repository."""
 
 import argparse
 import ast
 import dataclasses
+import functools
+import hashlib
+import http.server
 import importlib
 import json
 import os
@@ -12,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import jsonschema
@@ -20,8 +25,8 @@ import yaml
 
 from msg3d.cli import COMMANDS
 from msg3d.data.modality import MODALITIES
-from msg3d.data.splits import SPLIT_NAMES
-from msg3d.engine.hparams import HParams, ModelHParams, hparams_help
+from msg3d.data.splits import KINETICS_SPLITS, SPLIT_NAMES
+from msg3d.engine.hparams import HParams, ModelHParams, hparams_help, resolve_hparams
 from msg3d.provenance import code_digest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,10 +40,17 @@ def run_env(root):
     return env
 
 
-def snakemake(root, *args, check=True):
-    """Run snakemake in ``root`` (a copy of the repository: its own msg3d, workflow and config)."""
+# the config a test runs, in its copy of the repository (copy_repo writes it)
+RUN_CONFIG = "config/run.yaml"
+
+
+def snakemake(root, *args, check=True, configfile=RUN_CONFIG):
+    """Run snakemake in ``root`` (a copy of the repository: its own msg3d, workflow and config)
+    with the config file ``configfile`` (None: none)."""
+    # `--configfile=FILE`: with a space, --configfile would also take the targets that follow
+    config = [f"--configfile={configfile}"] if configfile else []
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
+        [sys.executable, "-m", "snakemake", "--cores", "2", *config, *args],
         cwd=root, env=run_env(root), capture_output=True, text=True,
     )
     if check and proc.returncode != 0:
@@ -46,16 +58,15 @@ def snakemake(root, *args, check=True):
     return proc
 
 
-def copy_repo(dest, config=REPO / "config" / "config.yaml"):
-    """The parts of the repository a run needs, with ``config`` as config/config.yaml."""
+def copy_repo(dest, config=REPO / "config" / "demo.yaml"):
+    """The parts of the repository a run needs (config/ with its shipped configs), with ``config``
+    as RUN_CONFIG."""
     dest.mkdir(parents=True, exist_ok=True)
     ignore = shutil.ignore_patterns("__pycache__")
-    for folder in ("msg3d", "workflow"):
+    for folder in ("msg3d", "workflow", "config"):
         shutil.copytree(REPO / folder, dest / folder, ignore=ignore)
     shutil.copy(REPO / "environment.yml", dest)
-    (dest / "config").mkdir()
-    shutil.copy(REPO / "config" / "model_zoo_reference.yaml", dest / "config")
-    shutil.copy(config, dest / "config" / "config.yaml")
+    shutil.copy(config, dest / RUN_CONFIG)
     return dest
 
 
@@ -85,7 +96,7 @@ def planned_outputs(output):
 
 
 def edit_config(root, update):
-    path = root / "config" / "config.yaml"
+    path = root / RUN_CONFIG
     config = yaml.safe_load(path.read_text())
     update(config)
     path.write_text(yaml.safe_dump(config))
@@ -127,7 +138,8 @@ def test_snakefmt_check_is_clean():
 # --------------------------------------------------------------------------- shell quoting
 
 # params already built as several shell words, each quoted (workflow/rules/common.smk)
-WORD_LIST_PARAMS = {"params.launcher", "params.device", "params.reference", "params.scores", "params.runs"}
+WORD_LIST_PARAMS = {"params.launcher", "params.device", "params.reference", "params.scores", "params.runs",
+                    "params.sha256"}
 
 
 def rule_shell_strings():
@@ -184,7 +196,8 @@ def test_hostile_paths_reach_msg3d_as_one_word_each(tmp_path):
     local.write_bytes(b"")
     (root / f"{DASHED}.pth").write_bytes(b"")
     url = f"https://example.org/{SPACED}/{DASHED}.pth"
-    checkpoints = {"xsub": {"j": f"{DASHED}.pth", "b": str(local), "jm": url}}
+    checked = {"url": f"{url}?bm", "sha256": "AB" * 32}
+    checkpoints = {"xsub": {"j": f"{DASHED}.pth", "b": str(local), "jm": url, "bm": checked}}
 
     def hostile(config):
         config["datasets"] = {
@@ -200,9 +213,10 @@ def test_hostile_paths_reach_msg3d_as_one_word_each(tmp_path):
     assert [a.raw_dir for name, a in parsed if name == "convert-ntu"] == [raw]
     tested = {os.path.normpath(a.checkpoint) for name, a in parsed if name == "test" and "/pkl/" in a.data}
     assert tested == {f"{DASHED}.pth", str(local), "resources/checkpoints/pkl/xsub/jm.pth",
-                      "results/train/pkl/xsub/bm/latest.pth"}
-    downloads = [shlex.split(c) for c in commands if c.startswith("python -c ")]
-    assert [words[3] for words in downloads] == [url]
+                      "resources/checkpoints/pkl/xsub/bm.pth"}
+    downloads = sorted((a.url, str(a.out), a.sha256) for name, a in parsed if name == "download")
+    assert downloads == [(url, "resources/checkpoints/pkl/xsub/jm.pth", None),
+                         (f"{url}?bm", "resources/checkpoints/pkl/xsub/bm.pth", "ab" * 32)]
 
 
 def schema_errors(config):
@@ -223,18 +237,22 @@ def test_schema_refuses_dataset_and_scheme_names_that_are_not_plain_words(name):
 
 def test_schema_enums_are_msg3ds_names():
     """The schema's $defs restate two lists of msg3d (JSON Schema cannot import them): the
-    modalities, and the NTU benchmarks (the X of the X_train split names), in msg3d's order."""
+    modalities, and the benchmarks: NTU's (the X of the X_train split names), in msg3d's order,
+    then Kinetics-400's one, named after the split it tests on."""
     defs = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["$defs"]
     benchmarks = [n.removesuffix("_train") for names in SPLIT_NAMES.values() for n in names if n.endswith("_train")]
     assert defs["modality"]["enum"] == list(MODALITIES)
-    assert defs["split"]["enum"] == list(dict.fromkeys(benchmarks))
+    assert defs["split"]["enum"] == [*dict.fromkeys(benchmarks), KINETICS_SPLITS[1]]
 
 
 def test_schema_train_section_has_the_hparams_names_and_types():
     """The schema's train: section keeps HParams' names and types (typos fail at parse time); the
     defaults, bounds and meanings stay in HParams alone."""
-    train = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]["train"]
-    json_type = {"int": "integer", "float": "number", "bool": "boolean"}
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert schema["properties"]["train"]["$ref"] == "#/$defs/hparams"
+    assert schema["$defs"]["dataset"]["properties"]["train"]["$ref"] == "#/$defs/hparams"
+    train = schema["$defs"]["hparams"]
+    json_type = {"int": "integer", "float": "number", "bool": "boolean", "str": "string", "tuple": "array"}
 
     def types(cls):
         return {f.name: json_type[f.type.__name__] for f in dataclasses.fields(cls) if f.name != "model"}
@@ -243,26 +261,176 @@ def test_schema_train_section_has_the_hparams_names_and_types():
     model = train["properties"]["model"]["properties"]
     assert {k: v["type"] for k, v in model.items()} == types(ModelHParams)
     assert not [k for k, v in {**train["properties"], **model}.items() if set(v) - {"type", "properties",
-                                                                                  "additionalProperties", "default"}]
+                                                                                  "additionalProperties", "default",
+                                                                                  "items"}]
 
 
 def test_config_readme_lists_the_hparams_table_of_msg3d_train_help():
     assert f"```\n{hparams_help()}\n```" in (REPO / "config" / "README.md").read_text()
 
 
+def test_readme_quick_start_names_the_demo_config_and_ci_runs_its_test_command():
+    """Quick start: the CPU-wheel tip before the install it changes, then two commands: the demo,
+    its config named (no config is implied), and the tests, which .ci/run runs word for word."""
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("## Quick start\n")
+    quick = readme[start:readme.index("\n## ", start)]
+    commands = [line for block in re.findall(r"```bash\n(.*?)```", quick, re.S)
+                for line in block.splitlines() if line and not line.startswith("#")]
+    assert commands[0] == "python -m pip install -e . && snakemake --cores 8 --configfile config/demo.yaml"
+    assert len(commands) == 2 and commands[1] in (REPO / ".ci" / "run").read_text().splitlines()
+    assert quick.index("--index-url https://download.pytorch.org/whl/cpu") < quick.index("```bash")
+
+
 # --------------------------------------------------------------------------- the DAG
 
 
 @pytest.mark.slow
-def test_default_config_runs_the_whole_demo_pipeline(tmp_path):
+def test_demo_config_runs_the_whole_demo_pipeline(tmp_path):
     root = copy_repo(tmp_path / "repo")
-    stats = job_stats(snakemake(root, "-n", "all").stdout)
-    splits = len(yaml.safe_load((REPO / "config" / "config.yaml").read_text())["datasets"]["demo"]["splits"])
-    assert stats["make_demo"] == 1 and stats["convert_ntu"] == 1 and stats["derive"] == 4
+    stats = job_stats(snakemake(root, "-n", "all", configfile="config/demo.yaml").stdout)
+    datasets = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())["datasets"]
+    # the NTU demo and the Kinetics-format demo (REFERENCE §14), each from its own generator
+    assert datasets["demo_kinetics"]["annotation"] == "openpose" and datasets["demo_kinetics"]["reference"]
+    splits = sum(len(ds["splits"]) for ds in datasets.values())
+    assert stats["make_demo"] == 1 and stats["convert_ntu"] == 1
+    assert stats["make_kinetics_demo"] == 1 and stats["convert_kinetics"] == 1 and stats["derive"] == 4 * 2
     assert stats["train"] == stats["test"] == 4 * splits
-    assert stats["fuse"] == 2 * splits and stats["fuse_search"] == splits
+    assert stats["fuse"] == 2 * splits and stats["fuse_search"] == stats["fuse_ensemble"] == splits
     assert stats["model_zoo_table"] == 1 and stats["plot_per_class"] == splits and stats["plot_curves"] == splits
     assert "import_pyskl" not in stats and "download_checkpoint" not in stats
+
+
+def make_inputs(root, config_file):
+    """Empty stand-ins for the data a config names (a pickle, a raw folder), so that a dry run
+    plans its DAG; returns the config's datasets."""
+    datasets = yaml.safe_load((root / config_file).read_text())["datasets"]
+    for ds in datasets.values():
+        location = root / ds["path"]
+        if ds["source"] == "pyskl":
+            location.parent.mkdir(parents=True, exist_ok=True)
+            location.write_bytes(b"")
+        elif ds["source"] in ("ntu_raw", "kinetics_json"):
+            location.mkdir(parents=True, exist_ok=True)
+    return datasets
+
+
+def recipe_of(dataset):
+    """The training recipe a shipped dataset's annotation starts from."""
+    return "msg3d-kinetics" if dataset.get("annotation") == "openpose" else "pyskl"
+
+
+SHIPPED_CONFIGS = ["config/config.yaml",
+                   *(f"config/examples/{p.name}" for p in sorted((REPO / "config" / "examples").glob("*.yaml")))]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_file", SHIPPED_CONFIGS)
+def test_shipped_real_data_configs_plan_real_runs(tmp_path, config_file):
+    """config/config.yaml and each example are real-data runs: they parse, plan every dataset and
+    split with no demo stage, leave the device to msg3d (CUDA when available: no --device) and
+    train with the recipe as it is (PYSKL's; MS-G3D's for Kinetics)."""
+    assert len(SHIPPED_CONFIGS) >= 4
+    root = copy_repo(tmp_path / "repo")
+    datasets = make_inputs(root, config_file)
+    proc = snakemake(root, "-n", "-p", configfile=config_file)
+    stats = job_stats(proc.stdout)
+    assert stats and not {"make_demo", "make_kinetics_demo"} & set(stats)
+    assert "device is cpu" not in proc.stdout + proc.stderr
+    outputs = planned_outputs(proc.stdout)
+    assert not [p for p in outputs if "demo" in p]
+    assert {f"results/plots/{n}/{s}/per_class.svg" for n, ds in datasets.items() for s in ds["splits"]} <= outputs
+    parsed = [msg3d_args(c) for c in shell_commands(proc.stdout) if c.startswith("python -m msg3d ")]
+    assert all(args.device is None for name, args in parsed if name in ("train", "test"))
+    trains = [args for name, args in parsed if name == "train"]
+    for args in trains:
+        dataset = datasets[Path(args.data).parts[2]]  # results/stores/<dataset>/<modality>
+        recipe = json.loads(json.dumps(resolve_hparams({}, recipe_of(dataset)).to_dict()))
+        assert json.loads(args.hparams_json) == recipe
+    if config_file.endswith("pyskl_checkpoints.yaml"):
+        assert not trains and stats["download_checkpoint"] == 8
+    else:
+        assert len(trains) == stats["train"] > 0
+
+
+@pytest.mark.slow
+def test_a_config_file_is_the_whole_config(tmp_path):
+    """`--configfile FILE` runs what FILE says: the demo config plans nothing of config/config.yaml
+    (a real NTU60 dataset), and config/config.yaml nothing of the demo, as no configfile: directive
+    is merged under them."""
+    root = copy_repo(tmp_path / "repo")
+    make_inputs(root, "config/config.yaml")
+    demo = planned_outputs(snakemake(root, "-n", configfile="config/demo.yaml").stdout)
+    assert "results/model_zoo.md" in demo and not [p for p in demo if "/ntu60/" in p]
+    real = planned_outputs(snakemake(root, "-n", configfile="config/config.yaml").stdout)
+    assert "results/stores/ntu60/j" in real and not [p for p in real if "demo" in p]
+    # two files merge in the order given: the demo's datasets and settings over the real one's
+    both = planned_outputs(snakemake(root, "-n", "--configfile", "config/config.yaml", "config/demo.yaml",
+                                     configfile=None).stdout)
+    assert "results/stores/ntu60/j" in both and "results/stores/demo/j" in both
+
+
+@pytest.mark.slow
+def test_no_config_file_says_which_to_pass(tmp_path):
+    proc = snakemake(copy_repo(tmp_path / "repo"), "-n", configfile=None, check=False)
+    assert proc.returncode != 0
+    assert ("config: no datasets: name a config file with --configfile in every snakemake call (--unlock and"
+            " --report too), e.g. `snakemake --cores 8 --configfile config/demo.yaml` for the demo, or your copy"
+            " of config/config.yaml" in proc.stdout + proc.stderr)
+
+
+def train_hparams(output):
+    """{(dataset, split): --hparams-json text} of the train jobs of a `-n -p` run."""
+    commands = [c for c in shell_commands(output) if c.startswith("python -m msg3d train ")]
+    return {(Path(args.data).parts[2], args.split): args.hparams_json for _, args in map(msg3d_args, commands)}
+
+
+@pytest.mark.slow
+def test_config_overrides_of_nested_keys_arrive_typed(tmp_path):
+    """`snakemake --config 'train={lr: 0.05, ...}'`: Snakemake hands the values inside over as
+    strings (SNAKEMAKE.md §1.2); the workflow reads them as YAML, so they pass the schema, merge key
+    by key over the config file and reach msg3d train as the numbers a config file gives (the same
+    params: no rerun from the way a value was given)."""
+    root = copy_repo(tmp_path / "repo", REPO / "tests" / "e2e" / "config" / "config.yaml")
+    overrides = ["train={lr: 0.05, batch_size: 4, model: {base_channels: 12}}",
+                 "datasets={demo: {splits: [xview]}}", "fusion_search={enabled: false}"]
+    out = snakemake(root, "-n", "-p", "--config", *overrides).stdout
+    hparams = train_hparams(out)
+    assert {key[0] for key in hparams} == {"demo", "kinetics"}
+    assert {split for dataset, split in hparams if dataset == "demo"} == {"xview"}
+    demo = json.loads(hparams["demo", "xview"])
+    assert (demo["lr"], demo["batch_size"], demo["model"]["base_channels"]) == (0.05, 4, 12)
+    assert type(demo["lr"]) is float and type(demo["batch_size"]) is int
+    assert (demo["epochs"], demo["clip_len"], demo["model"]["num_gcn_scales"]) == (1, 16, 2)  # the file's
+    assert "fuse_search" not in job_stats(out)
+
+    def as_file(config):
+        config["train"].update(lr=0.05, batch_size=4)
+        config["train"]["model"]["base_channels"] = 12
+        config["datasets"]["demo"]["splits"] = ["xview"]
+        config["fusion_search"]["enabled"] = False
+
+    edit_config(root, as_file)
+    assert train_hparams(snakemake(root, "-n", "-p").stdout) == hparams
+
+
+@pytest.mark.slow
+def test_cpu_with_a_full_width_model_or_granted_gpus_warns_once(tmp_path):
+    """`device: cpu` is the demo's: a full-width model to train on it, or GPUs granted to its jobs
+    (the slurm profile's set-resources), is a config that left the demo half way; said once, when
+    the config is read."""
+    root = copy_repo(tmp_path / "repo", REPO / "tests" / "e2e" / "config" / "config.yaml")
+
+    def warnings(*args):
+        proc = snakemake(root, "-n", *args)
+        return [line for line in (proc.stdout + proc.stderr).splitlines() if "config: device is cpu, but" in line]
+
+    assert warnings() == []
+    full = warnings("--config", "train={model: {base_channels: 96}}")
+    assert len(full) == 1 and "demo, kinetics train(s) the full-width model (train.model.base_channels >= 96)" in full[0]
+    granted = warnings("--set-resources", "train:gpu=8", "test:gpu=1")
+    assert len(granted) == 1 and "grants GPUs to each job (train 8, test 1;" in granted[0]
+    assert warnings("--config", "device=null", "--set-resources", "train:gpu=8") == []
 
 
 @pytest.mark.slow
@@ -274,11 +442,49 @@ def test_given_checkpoints_are_tested_instead_of_trained(tmp_path):
     edit_config(root, lambda c: c["datasets"]["demo"].update(checkpoints={"xsub": {"j": url, "b": "resources/b.pth"}}))
     out = snakemake(root, "-n", "all").stdout
     stats = job_stats(out)
-    assert stats["download_checkpoint"] == 1 and stats["train"] == 2 and stats["test"] == 4
+    # demo: 2 of 4 trained, 4 tested; the e2e config's Kinetics dataset: 4 and 4
+    assert stats["download_checkpoint"] == 1 and stats["train"] == 2 + 4 and stats["test"] == 4 + 4
     outputs = planned_outputs(out)
     assert "resources/checkpoints/demo/xsub/j.pth" in outputs
     assert not [p for p in outputs if re.match(r"results/train/demo/xsub/(j|b)/", p)], outputs
     assert {"results/train/demo/xsub/jm/best.pth", "results/train/demo/xsub/jm/epochs.csv"} <= outputs
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.slow
+def test_download_job_keeps_only_the_configured_sha256(tmp_path):
+    """download_checkpoint run for real against a local server: the file with the configured hash
+    is kept; another hash fails the job with one line naming the URL in its log, and keeps nothing."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "j.pth").write_bytes(body := b"the bytes of a checkpoint")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=served))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        root = copy_repo(tmp_path / "repo", REPO / "tests" / "e2e" / "config" / "config.yaml")
+        url, target = f"http://127.0.0.1:{server.server_address[1]}/j.pth", "resources/checkpoints/demo/xsub/j.pth"
+
+        def expect(sha256):
+            edit_config(root, lambda c: c["datasets"]["demo"].update(checkpoints={"xsub": {"j": {"url": url,
+                                                                                                 "sha256": sha256}}}))
+
+        expect(hashlib.sha256(body).hexdigest().upper())
+        snakemake(root, target)
+        assert (root / target).read_bytes() == body
+        (root / target).unlink()
+        expect("0" * 64)
+        assert snakemake(root, target, check=False).returncode != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not [p for p in (root / "resources").rglob("*") if p.is_file()]  # neither the file nor a temporary
+    log = (root / "logs" / "download_checkpoint" / "demo" / "xsub" / "j.log").read_text()
+    assert log == (f"msg3d download: error: {url}: the download's sha256 is {hashlib.sha256(body).hexdigest()},"
+                   f" not the expected {'0' * 64}; nothing was written\n")
 
 
 def checkpoint_of_an_unused_modality(config):
@@ -308,7 +514,22 @@ def checkpoint_of_an_unused_modality(config):
         (lambda c: c["train"].update(nesterov=True, momentum=0), "config: train: hyper-parameter 'nesterov' needs a"),
         (lambda c: c["train"]["model"].update(base_channels=4), "config: train: hyper-parameter 'model.base_channels'"),
         (lambda c: c.update(seed=2**32), "4294967296 is greater than the maximum of 4294967295"),
-        (lambda c: c["test"].update(num_clips=2.0), "config: test.num_clips: 2.0 is not of type 'integer'"),
+        (lambda c: c["train"].update(test_clips=2.0), "config: train.test_clips: 2.0 is not of type 'integer'"),
+        (lambda c: c.setdefault("test", {}).update(num_clips=10), "config: test.num_clips is now train.test_clips"),
+        (lambda c: c["train"].update(lr_steps=[4]), "hyper-parameter 'lr_steps' is used by lr_schedule 'multistep'"),
+        (lambda c: c["datasets"]["demo"].update(train={"epochs": 0}),
+         "config: train: hyper-parameter 'epochs' must be >= 1, got 0 (dataset demo, over its own datasets.demo.train)"),
+        (lambda c: c["datasets"]["demo"].update(annotation="openpose", splits=["xsub"]),
+         "config: datasets.demo.splits: ['xsub'] not defined for kinetics400 (use ['val'])"),
+        (lambda c: c["datasets"]["demo"].update(source="kinetics_json", path="msg3d"),
+         "config: datasets.demo: the ST-GCN Kinetics-skeleton release (source kinetics_json) is OpenPose data"),
+        (lambda c: c["datasets"]["demo"].update(source="kinetics_json", annotation="openpose", splits=["val"],
+                                                path="environment.yml"),
+         "config: datasets.demo.path: 'environment.yml' is not a folder"),
+        (lambda c: c.update(modalities=["j", "jm"], fusion={"x": {"j": 1}}),
+         "config: ensemble: modalities ['b'] are not in modalities ['j', 'jm']"),
+        (lambda c: c.update(ensemble={"j": 0}), "config: ensemble: all weights are zero"),
+        (lambda c: c.update(fusion={"ensemble": {"j": 1}}), "On instance['fusion']:\n    'ensemble'"),
         (lambda c: c["fusion_search"].update(grid=[0, 1.0]), "config: fusion_search.grid.1: 1.0 is not of type"),
         (lambda c: c["datasets"].update({"my data": c["datasets"]["demo"]}), "'my data' does not match"),
         (lambda c: c["datasets"]["demo"].update(source="pyskl", path="msg3d"),
@@ -319,6 +540,12 @@ def checkpoint_of_an_unused_modality(config):
          "config: datasets.demo.path: 'x{y}.pkl': Snakemake reads braces in an input path as wildcards"),
         (lambda c: c["datasets"]["demo"].update(checkpoints={"xsub": {"j": "workflow"}}),
          "config: datasets.demo.checkpoints.xsub.j: 'workflow' is not a file"),
+        (lambda c: c["datasets"]["demo"].update(checkpoints={"xsub": {"j": {"url": "https://a.org/j.pth",
+                                                                            "sha256": "ab" * 31}}}),
+         f"'{'ab' * 31}' does not match"),
+        (lambda c: c["datasets"]["demo"].update(checkpoints={"xsub": {"j": {"url": "resources/j.pth",
+                                                                            "sha256": "ab" * 32}}}),
+         "'resources/j.pth' does not match '^https?://'"),
     ],
 )
 def test_config_errors_are_caught_at_parse_time(tmp_path, update, message):
@@ -356,7 +583,17 @@ def test_end_to_end_demo(tmp_path):
     results = root / "results"
     table = (results / "model_zoo.md").read_text()
     assert "| demo | xsub | 3D skeleton |" in table
-    assert (results / "model_zoo.csv").read_text().count("\ndemo,xsub,3dkp,") == 7  # 4 modalities, 2s, 4s, search
+    csv_text = (results / "model_zoo.csv").read_text()
+    assert csv_text.count("\ndemo,xsub,3dkp,") == 8  # 4 modalities, 2s, 4s, search, ensemble
+    # the Kinetics row: MS-G3D's published numbers beside ours, MS-G3D's ensemble of the logits
+    assert re.search(r"\| kinetics \| val \| OpenPose 2D \| [0-9.]+ / 35.8 \(.*\) \| [0-9.]+ / 35.4 .*"
+                     r"\| [0-9.]+ / 38.0 \([-+][0-9.]+, n=\d+\) \|", table), table
+    assert csv_text.count("\nkinetics,val,openpose,") == 8
+    ensemble = json.loads((results / "fusion" / "kinetics" / "val" / "ensemble.json").read_text())
+    assert ensemble["method"] == "weighted sum of clip-averaged logits (MS-G3D's ensemble)"
+    kinetics_j = json.loads((results / "test" / "kinetics" / "val" / "j" / "metrics.json").read_text())
+    assert kinetics_j["num_clips"] == 1 and kinetics_j["split"] == "val"  # MS-G3D's one clip at test
+    assert kinetics_j["store_meta"]["features"] == "msg3d-kinetics" and kinetics_j["store_meta"]["layout"] == "openpose"
     plots = results / "plots" / "demo" / "xsub"
     for name in ("curves", "per_class", "confusion_j", "confusion_4s"):
         assert (plots / f"{name}.svg").stat().st_size > 1000
@@ -366,14 +603,14 @@ def test_end_to_end_demo(tmp_path):
     assert "Nothing to be done" in snakemake(root, "-n", "all").stdout
 
     # a training hyper-parameter reruns training and what follows, not the data stages
-    config = (root / "config" / "config.yaml").read_text()
+    config = (root / RUN_CONFIG).read_text()
     edit_config(root, lambda c: c["train"].update(lr=0.05))
     stats = job_stats(snakemake(root, "-n", "all").stdout)
-    assert {r: stats.get(r) for r in ("train", "test", "fuse", "fuse_search", "model_zoo_table")} == {
-        "train": 4, "test": 4, "fuse": 2, "fuse_search": 1, "model_zoo_table": 1
+    assert {r: stats.get(r) for r in ("train", "test", "fuse", "fuse_search", "fuse_ensemble", "model_zoo_table")} == {
+        "train": 8, "test": 8, "fuse": 4, "fuse_search": 2, "fuse_ensemble": 2, "model_zoo_table": 1
     }
-    assert not {"make_demo", "convert_ntu", "derive"} & set(stats)
-    (root / "config" / "config.yaml").write_text(config)
+    assert not {"make_demo", "convert_ntu", "make_kinetics_demo", "convert_kinetics", "derive"} & set(stats)
+    (root / RUN_CONFIG).write_text(config)
 
     # an edit to the bone code reruns the bone modalities (b, bm) and what depends on them only
     bone = root / "msg3d" / "data" / "bone.py"
@@ -397,6 +634,7 @@ def test_end_to_end_demo(tmp_path):
     snakemake(root, "--report", "report.html")
     report = (root / "report.html").read_text()
     assert len(report) > 10000 and "model_zoo.md" in report and "per_class.svg" in report
+    assert "model_zoo.html" in report
 
     # Rerun training as rerun-incomplete does after a kill: Snakemake deletes the declared outputs
     # (best.pth, epochs.csv) but not latest.pth, so a run with the same config resumes from it (here

@@ -4,16 +4,15 @@ Per item: ``UniformSample(clip_len, num_clips)`` frame indices -> ``PoseDecode``
 frames, float32) -> ``FormatGCNInput(num_person=2)`` (zero-pad missing persons). The store
 already holds the normalised modality of every full sequence (``msg3d derive``), so an item is
 one read of that sample's rows and one vectorised gather: O(item) memory and time, not O(dataset).
+The gather and padding are ``msg3d.data.sampling.format_gcn_input``, shared with ``msg3d predict``.
 """
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from msg3d.data.sampling import uniform_sample
+from msg3d.data.sampling import format_gcn_input, uniform_sample
 from msg3d.data.store import open_store
-
-NUM_PERSON = 2
 
 
 class SkeletonDataset(Dataset):
@@ -55,7 +54,6 @@ class SkeletonDataset(Dataset):
         self.labels = self.store.labels[self.indices]
         self.frame_dirs = self.store.frame_dirs[self.indices]
         self._frames = self.store.total_frames[self.indices]
-        self._persons = np.minimum(self.store.num_person[self.indices], NUM_PERSON)
 
     def set_epoch(self, epoch):
         """Select the epoch whose seeded train-mode sampling ``__getitem__`` reproduces."""
@@ -79,10 +77,5 @@ class SkeletonDataset(Dataset):
             raise IndexError(f"index {j} out of range for a dataset of {len(self)} items")
         j %= len(self)
         k = j % len(self.indices)
-        inds = self.frame_indices(j)
-        persons = int(self._persons[k])
-        clips = self.store.read_sample(self.indices[k])[:persons, inds]  # PoseDecode: (M, nc * L, V, C)
-        # FormatGCNInput: zero-pad to 2 persons, (M, nc * L) -> (nc, M, L)
-        out = np.zeros((self.num_clips, NUM_PERSON, self.clip_len, self.num_joints, self.channels), np.float32)
-        out[:, :persons] = clips.reshape(persons, self.num_clips, self.clip_len, *clips.shape[2:]).swapaxes(0, 1)
+        out = format_gcn_input(self.store.read_sample(self.indices[k]), self.frame_indices(j), self.clip_len)
         return torch.from_numpy(out), int(self.labels[k])

@@ -13,6 +13,7 @@ derive job's code digest holds only the operators its modality runs (``msg3d.pro
 import numpy as np
 
 from msg3d.data.bone import joint_to_bone
+from msg3d.data.features import PYSKL
 from msg3d.data.motion import to_motion
 
 MODALITIES = ("j", "b", "jm", "bm")
@@ -122,21 +123,22 @@ class PreNormalize2D:
         return out
 
 
-def derive_modality(keypoint, layout, modality):
+def derive_modality(keypoint, layout, modality, features=PYSKL):
     """PYSKL ``GenSkeFeat(dataset=layout, feats=[modality])`` on a normalised sequence, as float32.
 
     The result equals what PYSKL's ``PoseDecode`` casts to float32 after sampling, so sampling
-    the stored float32 array gives bit-identical clips.
+    the stored float32 array gives bit-identical clips. ``features`` (msg3d.data.features) says
+    how bone and motion treat a 2D score channel.
     """
     if modality == "j":
         out = keypoint
     elif modality == "b":
-        out = joint_to_bone(keypoint, layout)
+        out = joint_to_bone(keypoint, layout, features)
     elif modality == "jm":
-        out = to_motion(keypoint, layout)
+        out = to_motion(keypoint, layout, features)
     elif modality == "bm":
         # motion of the float32 bones, in float32 (PYSKL's order of casts)
-        out = to_motion(joint_to_bone(keypoint, layout), layout)
+        out = to_motion(joint_to_bone(keypoint, layout, features), layout, features)
     else:
         raise ValueError(f"unknown modality {modality!r}; expected one of {', '.join(MODALITIES)}")
     return np.asarray(out, dtype=np.float32)

@@ -474,6 +474,12 @@ def _tsv_field(text):
     return " ".join(str(text).split())  # no tabs or line breaks inside a field
 
 
+def skipped_table(rows):
+    """The text of a converter's ``skipped.tsv``: header ``file, reason, detail``, then ``rows``
+    (tuples of those three) as given; tabs and line breaks inside a field become spaces."""
+    return "file\treason\tdetail\n" + "".join("\t".join(map(_tsv_field, row)) + "\n" for row in rows)
+
+
 def convert_ntu(raw_dir, out_path, dataset, jobs=None, strict=False, log=None):
     """Convert the ``*.skeleton`` files of ``raw_dir``; write ``out_path`` and ``skipped.tsv``.
 
@@ -519,8 +525,7 @@ def convert_ntu(raw_dir, out_path, dataset, jobs=None, strict=False, log=None):
 
     annotations = _convert_all(raw_dir, names, skipped, jobs, strict, log)
     skipped.sort()
-    table = "file\treason\tdetail\n" + "".join("\t".join(map(_tsv_field, row)) + "\n" for row in skipped)
-    write_text_atomic(out_path.parent / SKIPPED_TSV, table)
+    write_text_atomic(out_path.parent / SKIPPED_TSV, skipped_table(skipped))
     if not annotations:
         raise ValueError(f"no sample of {dataset} converted from {raw_dir}; see {out_path.parent / SKIPPED_TSV}")
     frame_dirs = [ann["frame_dir"] for ann in annotations]

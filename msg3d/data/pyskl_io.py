@@ -23,6 +23,9 @@ import (``import-pyskl``) also refuses samples on both sides of a ``X_train``/``
 number would be inflated). Given the release (``ntu60``/``ntu120``), labels must be below its class
 count and split names its own (``msg3d.data.splits``).
 
+PYSKL's K400 table of contents (``k400_hrnet.pkl``, poses kept apart in "kpfiles") is imported
+with ``--kpfiles DIR``: ``msg3d.data.pyskl_kpfiles`` decodes it into the 2D form above.
+
 The pickle is read with ``msg3d.safe_pickle`` (containers, numpy arrays and scalars only), so a
 file from elsewhere cannot run code. Torch-free.
 """
@@ -365,18 +368,57 @@ def summarize(data, notes=()):
 
 
 def add_arguments(parser):
-    parser.add_argument("annotations", type=Path, help="PYSKL annotation pickle (3D or HRNet 2D)")
+    from msg3d.data import pyskl_kpfiles as kpf  # the K400 route's defaults and choices
+
+    parser.add_argument("annotations", type=Path,
+                        help="PYSKL annotation pickle (3D or HRNet 2D), or with --kpfiles PYSKL's K400 table of "
+                             "contents (k400_hrnet.pkl)")
     parser.add_argument("--out", type=Path, help="write a validated copy here (atomically)")
     parser.add_argument("--num-classes", type=int, help="labels must be below this (default: inferred)")
     parser.add_argument("--dataset", choices=sorted(NUM_ACTIONS),
                         help="the NTU release the file must be: labels below its class count, its split names")
+    parser.add_argument("--kpfiles", type=Path, metavar="DIR",
+                        help="decode the table of contents' skeletons from the kpfiles in DIR (each raw_file found "
+                             "by its base name), as PYSKL's DecompressPose does, into a 2D annotation pickle")
+    parser.add_argument("--box-thr", type=float, choices=kpf.BOX_THRESHOLDS,
+                        help=f"with --kpfiles: keep skeletons with box_score >= this in training splits (default "
+                             f"{kpf.BOX_THR}, PYSKL's K400 configs); applies only with --valid-ratio > 0, as in PYSKL")
+    parser.add_argument("--valid-ratio", type=float,
+                        help=f"with --kpfiles: drop training videos with valid[box-thr] / total_frames below this "
+                             f"(default {kpf.VALID_RATIO}, PYSKL's K400 configs: no filtering)")
+    parser.add_argument("--max-person", type=int,
+                        help=f"with --kpfiles: at most this many persons, the most confident per frame when a video "
+                             f"has more (default {kpf.MAX_PERSON}, PYSKL's DecompressPose)")
 
 
 def run(args):
-    data = _read(args.annotations)
+    import sys
+
+    from msg3d.data import pyskl_kpfiles as kpf
+
+    kpfile_options = {"--box-thr": args.box_thr, "--valid-ratio": args.valid_ratio, "--max-person": args.max_person}
+    if args.kpfiles is None:
+        given = [option for option, value in kpfile_options.items() if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply with --kpfiles (a K400 table of contents)")
+        data = _read(args.annotations)
+        if kpf.is_table_of_contents(data):
+            raise ValueError(f"{args.annotations}: a PYSKL K400 table of contents (raw_file, frame_inds; the "
+                             "keypoints are in kpfiles): pass --kpfiles DIR")
+        notes = []
+    else:
+        if args.dataset is not None:
+            raise ValueError(f"--dataset {args.dataset} names an NTU release; a K400 table of contents is not one")
+        data, summary = kpf.import_kpfiles(
+            args.annotations, args.kpfiles,
+            box_thr=kpf.BOX_THR if args.box_thr is None else args.box_thr,
+            valid_ratio=kpf.VALID_RATIO if args.valid_ratio is None else args.valid_ratio,
+            max_person=kpf.MAX_PERSON if args.max_person is None else args.max_person,
+            log=sys.stderr)
+        notes = summary["notes"]
     # the gate for files from elsewhere: train/val leakage is refused with or without --dataset
-    notes = validate_annotations(data, source=str(args.annotations), num_classes=args.num_classes,
-                                 dataset=args.dataset, disjoint_splits=True)
+    notes = notes + validate_annotations(data, source=str(args.annotations), num_classes=args.num_classes,
+                                         dataset=args.dataset, disjoint_splits=True)
     print(f"{args.annotations}: OK")
     print(summarize(data, notes))
     if args.out is not None:

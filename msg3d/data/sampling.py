@@ -1,4 +1,5 @@
-"""PYSKL's ``UniformSample(clip_len, num_clips)`` frame-index computation (REFERENCE §4.3).
+"""PYSKL's ``UniformSample(clip_len, num_clips)`` frame-index computation and the clips it makes
+(``PoseDecode`` + ``FormatGCNInput``, ``format_gcn_input``) (REFERENCE §4.3).
 
 Indices are computed for a sequence of ``num_frames`` frames and returned as one int64 array of
 ``num_clips * clip_len`` entries (clip after clip), already wrapped into ``[0, num_frames)``.
@@ -19,6 +20,7 @@ import functools
 import numpy as np
 
 TEST_SEED = 255
+NUM_PERSON = 2  # FormatGCNInput(num_person=2)
 
 
 def _draw_int(rng, high):
@@ -75,3 +77,20 @@ def deterministic_indices(num_frames, clip_len=100, num_clips=1):
     inds = np.concatenate(clips) % num_frames
     inds.setflags(write=False)
     return inds
+
+
+def format_gcn_input(sample, indices, clip_len):
+    """PYSKL's ``PoseDecode`` + ``FormatGCNInput(num_person=2)`` of one sample (REFERENCE §4.3).
+
+    ``sample``: the sample's stored array (M, T, V, C) (``msg3d.data.derive.sample_features``);
+    ``indices``: its ``UniformSample`` frame indices, ``num_clips * clip_len`` of them, clip after
+    clip. Returns float32 (num_clips, 2, clip_len, V, C): the gathered frames, persons beyond the
+    first 2 dropped and missing ones zero.
+    """
+    persons = min(sample.shape[0], NUM_PERSON)
+    num_clips = len(indices) // clip_len
+    clips = sample[:persons, indices]  # PoseDecode: (M, nc * L, V, C)
+    # FormatGCNInput: zero-pad to 2 persons, (M, nc * L) -> (nc, M, L)
+    out = np.zeros((num_clips, NUM_PERSON, clip_len, *sample.shape[2:]), np.float32)
+    out[:, :persons] = clips.reshape(persons, num_clips, clip_len, *clips.shape[2:]).swapaxes(0, 1)
+    return out

@@ -1,4 +1,5 @@
-"""NTU RGB+D sample names, dataset membership and the official evaluation splits.
+"""NTU RGB+D sample names, dataset membership and the official evaluation splits (and the split
+names of Kinetics-400).
 
 A sample is named ``SsssCcccPpppRrrrAaaa`` (setup, camera, performer, replication, action; all
 1-based). NTU RGB+D 60 is the part with action <= 60. The splits are PYSKL's
@@ -25,6 +26,11 @@ SPLIT_NAMES = {
     "ntu60": ("xsub_train", "xsub_val", "xview_train", "xview_val"),
     "ntu120": ("xsub_train", "xsub_val", "xset_train", "xset_val"),
 }
+
+# Kinetics-400 (ST-GCN's release, PYSKL's k400 pickles): one benchmark, the release's own parts,
+# under PYSKL's split names (train, val)
+KINETICS400 = "kinetics400"
+KINETICS_SPLITS = ("train", "val")
 
 # Cross-subject training performers (NTU120's 53; the first 20 are NTU60's).
 # fmt: off

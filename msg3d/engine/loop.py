@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from msg3d.engine import distributed as distmod
 from msg3d.engine.device import autocast
 from msg3d.engine.evaluate import predict_all_ranks
+from msg3d.engine.progress import format_train_line, peak_memory_mb
 from msg3d.metrics import mean_class_accuracy, top_k_accuracy
 
 
@@ -57,11 +58,16 @@ class TrainState:
             self.interval[i] += value
         self.interval[3] += 1
 
-    def take_interval(self):
-        """``(mean loss, top-1, iterations)`` since the last call, and start a new interval."""
+    def peek_interval(self):
+        """``(mean loss, top-1, iterations)`` since the last ``take_interval`` (means over its samples)."""
         loss_sum, correct, count, iterations = self.interval
-        self.interval = [0.0, 0.0, 0.0, 0]
         return loss_sum / count, correct / count, iterations
+
+    def take_interval(self):
+        """``peek_interval()``, and start a new interval."""
+        window = self.peek_interval()
+        self.interval = [0.0, 0.0, 0.0, 0]
+        return window
 
     def finish_epoch(self, row):
         """Record the finished epoch's ``row``, move to the next epoch; True if it is the new best."""
@@ -98,19 +104,24 @@ class EpochClock:
         return time.perf_counter() - self.start
 
 
-def train_one_epoch(model, loader, optimizer, schedule, state, clock, saver, progress, *, hp, iters_per_epoch,
+def train_one_epoch(model, loader, optimizer, schedule, state, clock, saver, progress, timer, *, hp, iters_per_epoch,
                     device, amp, dist_info):
     """Train the rest of epoch ``state.epoch`` (all of it, or what a resume left).
 
-    Per batch: the cosine lr of the iteration, forward (bf16 autocast with ``amp``), cross-entropy
-    in float32, backward, all-reduced loss/top-1 sums, an abort with ``NonFiniteLossError`` before
-    the optimizer step if the loss is not finite, the step, a ``train`` log line every
-    ``hp.log_interval`` iterations and latest.pth every ``hp.checkpoint_interval`` iterations
-    inside the epoch (its end is checkpointed by ``saver.end_epoch``).
+    Per batch: the lr of the iteration, forward (bf16 autocast with ``amp``), cross-entropy in
+    float32, backward, all-reduced loss/top-1 sums, an abort with ``NonFiniteLossError`` before the
+    optimizer step if the loss is not finite, the step; every ``hp.log_interval`` iterations a
+    ``train`` record (``train_record``) in log.jsonl and on the console (``progress``, which also
+    shows the window so far when it has been silent for its ``min_seconds``); latest.pth every
+    ``hp.checkpoint_interval`` iterations inside the epoch (its end is checkpointed by
+    ``saver.end_epoch``). ``timer``: an ``IterationTimer``, kept across epochs.
     """
     loader.sampler.set_position(state.epoch, state.iter_in_epoch * hp.batch_size)
     loader.dataset.set_epoch(state.epoch)
+    memory_kind = "GPU peak" if device.type == "cuda" else "peak RSS"
+    timer.restart()
     for keypoint, label in loader:
+        timer.batch_ready()
         lr = schedule.apply(state.global_iter)
         keypoint = keypoint[:, 0].to(device, non_blocking=True)
         label = label.to(device, non_blocking=True)
@@ -130,19 +141,38 @@ def train_one_epoch(model, loader, optimizer, schedule, state, clock, saver, pro
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         state.add_batch(loss_sum, correct, count)
+        timer.iteration_done(count)
 
         done = state.global_iter
-        text = f"epoch {state.epoch + 1}/{hp.epochs} loss {loss_sum / count:.4f} lr {lr:.3g}"
         at_log_line = done % hp.log_interval == 0
-        if at_log_line:
-            mean_loss, top1, iterations = state.take_interval()
-            saver.log.write(type="train", epoch=state.epoch + 1, iter=done, lr=lr, loss=mean_loss, top1=top1,
-                            iters=iterations)
-        progress.update(done, text, force=at_log_line)
+        if at_log_line or progress.due():
+            record = train_record(state, lr, timer, progress, device, close_window=at_log_line)
+            if at_log_line:
+                saver.log.write(**record)
+            progress.update(done, format_train_line(record, hp.epochs, iters_per_epoch, memory_kind),
+                            force=at_log_line)
         if hp.checkpoint_interval and done % hp.checkpoint_interval == 0 and state.iter_in_epoch < iters_per_epoch:
             clock.record(state)
             saver.save_latest(state)
+            timer.hook_done()
     clock.stop_training()
+
+
+def train_record(state, lr, timer, progress, device, *, close_window):
+    """The ``train`` record of the window of iterations since the last one (mmcv's log fields):
+    ``epoch`` (1-based) and ``epoch_iter`` (its batches done), ``iter`` (all batches done), ``lr`` (of
+    the last iteration), ``loss`` and ``top1`` (means over the window's samples on all ranks: the
+    smoothed loss), ``iters`` (the window's length), and the measurements (saver.MEASURED_KEYS):
+    ``iter_time`` and ``data_time`` (s per iteration, means over the iterations this process timed),
+    ``samples_per_s`` (all ranks), ``memory_mb`` (``peak_memory_mb``) and ``eta_s`` (None until known).
+    ``close_window``: start a new window (at a log line) or only show the current one (progress).
+    """
+    loss, top1, iters = state.take_interval() if close_window else state.peek_interval()
+    eta = progress.eta(state.global_iter)
+    return {"type": "train", "epoch": state.epoch + 1, "epoch_iter": state.iter_in_epoch,
+            "iter": state.global_iter, "lr": lr, "loss": loss, "top1": top1, "iters": iters,
+            **timer.window(reset=close_window), "memory_mb": peak_memory_mb(device),
+            "eta_s": None if math.isnan(eta) else eta}
 
 
 def validate(core, loader, labels, *, device, amp, dist_info):

@@ -1,6 +1,6 @@
-"""The run-folder policy of ``msg3d train``: one writer at a time, then start fresh, resume, or refuse
-(``--resume``, ``--auto-resume``, ``--force``), decided by comparing the new config with
-RUN_DIR/config.json and with the config latest.pth records (its ``meta.config``).
+"""The run-folder policy of ``msg3d train``: one writer at a time, then resume, start a new run, or
+refuse, decided by comparing the new config with RUN_DIR/config.json and with the config latest.pth
+records (its ``meta.config``).
 
 Lock: ``RUN_DIR/.lock``, held with ``flock(LOCK_EX | LOCK_NB)`` by rank 0 from before it reads or
 deletes anything in RUN_DIR until the run ends (``lock_run_dir``); it holds "pid N on HOST" of its
@@ -11,24 +11,31 @@ stays behind then, and is removed when a run ends normally. flock works between 
 one host and, on Linux, over NFS (emulated with NFS locks); a file system without locks fails the
 start with its error.
 
-Rules:
-* no flag: a folder whose config.json differs is refused (use another --out, --resume or --force);
-  one with the same config starts over;
-* ``--resume``: continue from latest.pth; a config differing from config.json, or a latest.pth whose
-  recorded config differs (config.json and latest.pth written by different runs), is refused
-  unless ``--force``;
-* ``--auto-resume`` (PYSKL's habit, for workflows): resume when latest.pth exists and both
-  config.json and latest.pth's recorded config equal the new config, code digest included;
-  otherwise start over, saying why on stderr;
-* without ``--seed``, a run in a folder with a recorded seed reuses it, so it reproduces that run.
+Rules (PYSKL's habit: rerunning the command after a crash continues the run):
+* no flag: resume from latest.pth when it records the same config, and config.json (if readable)
+  holds it too; a folder without a checkpoint starts a new run unless config.json records another
+  config; any other difference is refused, naming the differing keys (use another --out, or
+  ``--force``);
+* ``--resume``: the same, but a folder with nothing to resume is an error too;
+* ``--auto-resume`` (for workflows): never refuses: resume as without a flag, else start a new run,
+  saying why on stderr (a config or code change retrains, as Snakemake expects);
+* ``--force``: start a new run whatever the folder holds;
+* without ``--seed``, a run in a folder with a recorded seed (config.json, else latest.pth) reuses
+  it, so it reproduces that run.
+A new run never deletes the files of the run it replaces up front: ``msg3d.engine.saver`` replaces
+them once the new run has written its first latest.pth (``RunPlan.replaces``).
 
-Configs are compared on what identifies the run. The data store's absolute path (``data.store``) is
-recorded for information only: the store's meta (layout, modality, sample and row counts, source
-pickle name and sha256), the split and the sample counts identify the data, so a project moved or
-copied elsewhere (store included) still resumes.
+Configs are compared on what identifies the run's results. Recorded for information only
+(``INFORMATION_ONLY``): the data store's absolute path (the store's meta with its source pickle's
+sha256, the split and the sample counts identify the data, so a project moved or copied elsewhere,
+store included, still resumes) and the hyper-parameters that change neither the data order nor the
+arithmetic (``num_workers``: the sampling RNG depends on (seed, epoch, item) only; ``log_interval``,
+``checkpoint_interval`` and ``tensorboard``: what is recorded, and when). A resume records the new
+values.
 """
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -38,11 +45,13 @@ from pathlib import Path
 
 from msg3d.checkpoint import read_checkpoint
 
-# The files a training writes into RUN_DIR besides config.json (rank 0 only).
-RUN_FILES = ("latest.pth", "best.pth", "epochs.csv", "log.jsonl")
+# What a training writes into RUN_DIR (rank 0 only); TENSORBOARD_DIR only when asked for.
+RUN_FILES = ("config.json", "latest.pth", "best.pth", "epochs.csv", "log.jsonl")
+TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
 # Dotted config keys recorded for information, left out of the comparison (see the module docstring).
-INFORMATION_ONLY = frozenset({"data.store"})
+INFORMATION_ONLY = frozenset({"data.store", "hparams.num_workers", "hparams.log_interval",
+                              "hparams.checkpoint_interval", "hparams.tensorboard"})
 
 
 @contextlib.contextmanager
@@ -100,85 +109,119 @@ def _acquire(path):
         os.close(fd)  # its holder removed this file as it ended: lock the one at ``path`` now
 
 
-def prepare_run_dir(out, config, *, seed_given, resume, force, auto_resume=False):
-    """Check RUN_DIR against ``config`` and decide what to do (rank 0, holding ``lock_run_dir(out)``).
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What ``prepare_run_dir`` decided: the run's ``config`` (the recorded seed filled in), the
+    checkpoint to continue from (None: a new run), and whether a new run ``replaces`` another run's
+    files in RUN_DIR (they stay until its first checkpoint: ``msg3d.engine.saver``)."""
 
-    Returns ``(config, resume_from)``: the config to use (with the recorded seed when ``--seed``
-    was not given and the rest matches) and the checkpoint to resume from, or None to start fresh.
-    With ``auto_resume`` it never refuses, and says on stderr which it chose and why.
+    config: dict
+    resume_from: Path | None = None
+    replaces: bool = False
+
+
+def prepare_run_dir(out, config, *, seed_given, resume=False, force=False, auto_resume=False):
+    """Check RUN_DIR against ``config`` and decide what to do (rank 0, holding ``lock_run_dir(out)``):
+    a ``RunPlan``. Says on stderr when it resumes, and why it starts a new run over a folder's files.
+
+    ValueError naming the differing keys (dotted, old -> new) or the unreadable file when the rules
+    of the module docstring refuse; FileNotFoundError for ``resume`` without a checkpoint.
     """
+    if sum((resume, force, auto_resume)) > 1:
+        raise ValueError("--resume, --auto-resume and --force exclude each other")
     out = Path(out)
-    config_path = out / "config.json"
-    latest = out / "latest.pth"
-    old = None
-    if config_path.exists():
-        try:
-            old = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            if not (force or auto_resume):
-                raise ValueError(f"{config_path} is not valid JSON ({exc}); use --force to start over") from None
-    if old is not None and not seed_given and "seed" in old:
+    config_path, latest = out / "config.json", out / "latest.pth"
+    old, old_problem = _read_config_json(config_path)
+    recorded, latest_problem = _recorded_config(latest)
+    if not seed_given:
         # no --seed: a rerun in the same folder reuses the recorded seed, so it reproduces that run
-        config = dict(config, seed=old["seed"])
+        for source in (old, recorded):
+            if source is not None and "seed" in source:
+                config = dict(config, seed=source["seed"])
+                break
+    replaces = any((out / name).exists() for name in (*RUN_FILES, TENSORBOARD_DIR))
+    if force:
+        if replaces:
+            _stderr(f"--force: starting a new run in {out}; the files there are replaced once it has written its "
+                "first checkpoint")
+        return RunPlan(config, None, replaces)
+    mode = "--resume: " if resume else "--auto-resume: " if auto_resume else ""
+    refusal = _refusal(out, config, old, old_problem, recorded, latest_problem)
+    if refusal is None and recorded is not None:
+        _stderr(f"{mode}{latest} has the same config; resuming" + ("" if mode else " (--force starts a new run)"))
+        return RunPlan(config, latest, False)
+    if resume and refusal is None:
+        raise FileNotFoundError(f"--resume: no checkpoint {latest} to resume from")
     if auto_resume:
-        why = _why_not_resumed(latest, config_path, old, config)
-        if why is None:
-            print(f"msg3d train: --auto-resume: {latest} has the same config; resuming", file=sys.stderr)
-            return config, latest
-        print(f"msg3d train: --auto-resume: {why}; starting fresh", file=sys.stderr)
-        return config, None
-    if resume:
-        if not latest.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint {latest} to resume from")
-        if old is not None and not force:
-            _refuse(config_differences(old, config), f"--resume: the config differs from {config_path}",
-                    "resume with the same settings, or add --force to resume anyway")
-            _refuse(checkpoint_differences(latest, config),
-                    f"--resume: {latest} records another config (its meta.config) than {config_path}",
-                    "they were written by different runs; add --force to resume anyway")
-        return config, latest
-    if old is not None and not force:
-        _refuse(config_differences(old, config), f"{out} holds a run with a different config ({config_path})",
-                "use another --out, --resume with the same settings, or --force to overwrite it")
-    return config, None
+        if refusal is None:
+            why = f"no checkpoint {latest}"
+        else:
+            what, diffs, _ = refusal
+            why = what + (": " + "; ".join(diffs) if diffs else "")
+        _stderr(f"--auto-resume: {why}; starting fresh")
+        return RunPlan(config, None, replaces)
+    if refusal is not None:
+        what, diffs, advice = refusal
+        listed = ":\n  " + "\n  ".join(diffs) if diffs else ""
+        raise ValueError(f"{mode}{what}{listed}\n{advice}")
+    if old is not None:
+        _stderr(f"{out} has no checkpoint of its run yet ({latest}); starting it again")
+    return RunPlan(config, None, replaces)
 
 
-def _refuse(diffs, what, advice):
-    """ValueError listing ``diffs`` (dotted keys with old -> new values) under ``what``, if any."""
-    if diffs:
-        raise ValueError(f"{what}:\n  " + "\n  ".join(diffs) + f"\n{advice}")
+def _stderr(message):
+    print(f"msg3d train: {message}", file=sys.stderr, flush=True)
 
 
-def _why_not_resumed(latest, config_path, old, config):
-    """Why ``--auto-resume`` starts fresh instead of continuing from ``latest``; None when it continues.
-    ``old`` is config.json's content (None when missing or unreadable)."""
-    if not latest.exists():
-        return f"no checkpoint {latest}"
-    if old is None:
-        return f"no readable {config_path} to compare the config with"
-    if diffs := config_differences(old, config):
-        return f"config differs from {config_path}: " + "; ".join(diffs)
+def _read_config_json(path):
+    """``(config.json's content, None)``, ``(None, why it is unusable)``, or ``(None, None)`` if absent."""
+    if not path.exists():
+        return None, None
     try:
-        diffs = checkpoint_differences(latest, config)
-    except ValueError as exc:  # not a checkpoint a resume could load: nothing to continue from
-        return str(exc)
-    if diffs:
-        return f"{latest} records another config (its meta.config) than {config_path}: " + "; ".join(diffs)
-    return None
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return None, f"{path} is not valid JSON ({exc})"
+    if not isinstance(content, dict):
+        return None, f"{path} holds no JSON object"
+    return content, None
 
 
-def checkpoint_differences(latest, config):
-    """``config_differences`` between the run config that checkpoint ``latest`` records (``meta.config``,
-    written by ``msg3d.engine.saver``) and ``config``.
-
-    ValueError naming the file when it is not a loadable checkpoint or records no config.
-    """
-    _, others, _ = read_checkpoint(latest)
+def _recorded_config(latest):
+    """``(the config latest.pth records, None)``, ``(None, why it cannot be resumed)``, or ``(None,
+    None)`` when there is no latest.pth."""
+    if not latest.exists():
+        return None, None
+    try:
+        _, others, _ = read_checkpoint(latest)
+    except (ValueError, OSError) as exc:
+        return None, str(exc)
     meta = others.get("meta")
     recorded = meta.get("config") if isinstance(meta, dict) else None
     if not isinstance(recorded, dict):
-        raise ValueError(f"{latest} records no run config (meta.config): not a latest.pth written by msg3d train")
-    return config_differences(recorded, config)
+        return None, f"{latest} records no run config (meta.config): not a latest.pth written by msg3d train"
+    return recorded, None
+
+
+_ADVICE = ("rerun with the same settings to resume it, use another --out, or add --force to start a new run "
+           "(the folder's files are replaced once it has written its first checkpoint)")
+
+
+def _refusal(out, config, old, old_problem, recorded, latest_problem):
+    """Why the run in ``out`` cannot be continued with ``config``: ``(what, differences, advice)``,
+    or None when it can be (a checkpoint with the same config), or when there is nothing to continue
+    and nothing that contradicts ``config``."""
+    config_path, latest = out / "config.json", out / "latest.pth"
+    if latest_problem is not None:
+        return latest_problem, [], "add --force to start a new run"
+    if old is not None and (diffs := config_differences(old, config)):
+        return f"{out} holds a run with a different config ({config_path})", diffs, _ADVICE
+    if recorded is not None and (diffs := config_differences(recorded, config)):
+        than = config_path if old is not None else "this run"
+        return (f"{latest} records another config (its meta.config) than {than}", diffs,
+                "they were written by different runs; add --force to start a new run")
+    if recorded is None and old_problem is not None:
+        return old_problem, [], "add --force to start a new run"
+    return None
 
 
 def config_differences(old, new, prefix=""):

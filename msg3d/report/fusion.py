@@ -9,9 +9,16 @@ do not cover the same samples in the same order. PYSKL's own ``result.pkl`` has 
 ``--ann ANN.pkl --split NAME`` such a stream's samples are split NAME's annotations, in annotation
 order (as PYSKL's PoseDataset lists them, hence as its ``tools/test.py`` dumps the scores).
 
+With ``--logits`` the streams are the clip-averaged *logits* that ``msg3d test --logits`` writes,
+summed the same way: MS-G3D's own ensemble (``ensemble.py`` adds the joint and bone streams' raw
+test scores, the model outputs before any softmax; REFERENCE §14), whose published Kinetics
+joint+bone number is such a sum.
+
 The optional weight search (``--search``) is **not** a PYSKL number: it splits the samples into
 two class-stratified halves, picks the weights on one half and reports metrics on the other half
-only, and its JSON says so.
+only, and its JSON says so. A val set that cannot be halved so (``split_problem``: no samples, or
+a class with a single sample) does not stop a workflow: the search writes a JSON with
+``skipped`` (the reason) and ``num_samples`` instead of weights and metrics, and exits 0.
 """
 
 import itertools
@@ -69,6 +76,32 @@ def stratified_halves(labels, seed):
     return np.sort(np.asarray(select, dtype=np.int64)), np.sort(np.asarray(evaluate, dtype=np.int64))
 
 
+def split_problem(labels):
+    """Why the samples with ``labels`` (N,) cannot be split into two class-stratified halves, or None.
+
+    The rule: both halves must hold every class the samples hold (``stratified_halves`` gives a
+    class's single sample to the selection half only, so its evaluation-half accuracy would not be
+    measured at all), hence at least 2 samples of each class present, and at least one sample.
+    """
+    labels = np.asarray(labels)
+    if labels.size == 0:
+        return "no samples to split into a selection and an evaluation half"
+    classes, counts = np.unique(labels, return_counts=True)
+    single = classes[counts < 2]
+    if single.size:
+        return (f"{single.size} of the {classes.size} classes among the {labels.size} samples have a single sample "
+                f"(first: class {single[0]}); splitting into two class-stratified halves needs at least 2 samples of "
+                "every class")
+    return None
+
+
+def _checked_grid(grid):
+    grid = sorted(set(int(g) for g in grid))
+    if not grid or grid[0] < 0 or grid[-1] == 0:
+        raise ValueError(f"the weight grid must hold non-negative integers, at least one positive; got {grid}")
+    return grid
+
+
 def search_weights(scores, labels, grid, seed=0):
     """Choose fusion weights on one half of the samples and evaluate them on the other half.
 
@@ -76,14 +109,14 @@ def search_weights(scores, labels, grid, seed=0):
     e.g. 2:2 after 1:1, are skipped). The winner has the best selection-half top-1, then mean-class
     accuracy, then log-likelihood of the true class under the weighted mean of the probabilities.
     Returns ``{"weights", "select", "evaluate"}``: the weights and the metrics on each half.
+    Raises ValueError for a bad grid and for samples ``split_problem`` refuses.
     """
     names = sorted(scores)
-    grid = sorted(set(int(g) for g in grid))
-    if not grid or grid[0] < 0 or grid[-1] == 0:
-        raise ValueError(f"the weight grid must hold non-negative integers, at least one positive; got {grid}")
+    grid = _checked_grid(grid)
+    problem = split_problem(labels)
+    if problem is not None:
+        raise ValueError(f"cannot search fusion weights: {problem}")
     select, evaluate = stratified_halves(labels, seed)
-    if len(select) == 0 or len(evaluate) == 0:
-        raise ValueError(f"too few samples ({len(labels)}) to split into a selection and an evaluation half")
     best_key, best = None, None
     for combo in itertools.product(grid, repeat=len(names)):
         if not any(combo) or math.gcd(*combo) != 1:
@@ -131,8 +164,11 @@ def _read_streams(score_paths, samples=None):
     return {name: p for name, (p, _, _) in loaded.items()}, frame_dirs, labels
 
 
-def fuse_files(score_paths, weights, out_json, out_scores=None, scheme=None, samples=None):
+def fuse_files(score_paths, weights, out_json, out_scores=None, scheme=None, samples=None, logits=False):
     """Fuse the streams ``{name: SCORES.pkl}`` with ``{name: weight}``; write the metrics JSON.
+
+    ``logits``: the streams hold clip-averaged logits (MS-G3D's ensemble), not probabilities; only
+    the method recorded in the JSON differs.
 
     With ``out_scores`` the fused scores are also written as a stream (``msg3d.scores.write_scores``:
     the float64 sums as a pickle + ``<stem>_samples.csv``), which plots and a further fusion read
@@ -143,7 +179,8 @@ def fuse_files(score_paths, weights, out_json, out_scores=None, scheme=None, sam
     fused = fuse_scores(scores, weights)
     result = {
         "scheme": scheme,
-        "method": "weighted sum of clip-averaged probabilities (PYSKL recipe)",
+        "method": ("weighted sum of clip-averaged logits (MS-G3D's ensemble)" if logits
+                   else "weighted sum of clip-averaged probabilities (PYSKL recipe)"),
         "weights": {name: weights[name] for name in sorted(weights)},
         "streams": {
             name: {"scores": str(score_paths[name]), **summary_metrics(scores[name], labels)}
@@ -158,29 +195,37 @@ def fuse_files(score_paths, weights, out_json, out_scores=None, scheme=None, sam
     return result
 
 
+SEARCH_METHOD = (
+    "weights chosen by grid search on a class-stratified half of the samples (selection half); "
+    "top1/top5/mean_class_accuracy are measured on the other half only (evaluation half) and are "
+    "not comparable with full-split numbers"
+)
+
+
 def search_files(score_paths, grid, out_json, seed=0, scheme=None, samples=None):
     """Weight search (see ``search_weights``) over the streams ``{name: SCORES.pkl}``; write the JSON.
 
-    Its ``top1``/``top5``/``mean_class_accuracy`` are those of the evaluation half only.
-    ``samples``: see ``_read_streams``.
+    Its ``top1``/``top5``/``mean_class_accuracy`` are those of the evaluation half only. Samples
+    that ``split_problem`` refuses give a JSON with ``skipped`` (the reason) and ``num_samples`` in
+    place of the weights and metrics, not an error. ``samples``: see ``_read_streams``.
+    Returns the JSON content.
     """
+    grid = _checked_grid(grid)
     scores, _, labels = _read_streams(score_paths, samples)
-    found = search_weights(scores, labels, grid, seed)
     result = {
         "scheme": scheme,
-        "method": (
-            "weights chosen by grid search on a class-stratified half of the samples (selection half); "
-            "top1/top5/mean_class_accuracy are measured on the other half only (evaluation half) and are "
-            "not comparable with full-split numbers"
-        ),
-        "grid": sorted(set(int(g) for g in grid)),
+        "method": SEARCH_METHOD,
+        "grid": grid,
         "seed": seed,
-        "weights": found["weights"],
-        "selection": found["select"],
         "streams": {name: {"scores": str(score_paths[name])} for name in sorted(scores)},
         "num_classes": int(scores[next(iter(scores))].shape[1]),
-        **found["evaluate"],
     }
+    problem = split_problem(labels)
+    if problem is not None:
+        result.update(skipped=problem, num_samples=int(len(labels)))
+    else:
+        found = search_weights(scores, labels, grid, seed)
+        result.update(weights=found["weights"], selection=found["select"], **found["evaluate"])
     write_json_atomic(out_json, result)
     return result
 
@@ -207,6 +252,9 @@ def add_arguments(parser):
         "samples and report the other half only",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the half split for --search (default 0)")
+    parser.add_argument("--logits", action="store_true",
+                        help="the streams are clip-averaged logits (`msg3d test --logits`): MS-G3D's ensemble, "
+                        "which sums the streams' raw scores")
     parser.add_argument("--scheme", help="name recorded in the JSON (e.g. 2s, 4s)")
     parser.add_argument("--out", required=True, type=Path, help="metrics JSON to write")
     parser.add_argument("--out-scores", type=Path, help="also write the fused scores pickle (+ _samples.csv)")
@@ -221,20 +269,25 @@ def run(args):
         raise ValueError("--ann and --split go together: the annotation pickle and the split the scores belong to")
     samples = split_of(args.ann, args.split) if args.ann is not None else None
     if args.search is not None:
-        if args.weights_json or args.out_scores:
-            raise ValueError("--search chooses the weights itself: give neither --weights-json nor --out-scores")
+        if args.weights_json or args.out_scores or args.logits:
+            raise ValueError("--search chooses the weights itself from probabilities: give neither --weights-json, "
+                             "--out-scores nor --logits")
         try:
             grid = [int(g) for g in args.search.split(",")]
         except ValueError:
             raise ValueError(f"--search expects comma-separated integers, got {args.search!r}") from None
         result = search_files(paths, grid, args.out, seed=args.seed, scheme=args.scheme, samples=samples)
+        if "skipped" in result:
+            print(f"fusion weight search skipped ({args.out} says why): {result['skipped']}", file=sys.stderr)
+            return 0
     else:
         weights = {name: 1 for name in paths}
         if args.weights_json:
             weights = json.loads(args.weights_json)
             if not isinstance(weights, dict):
                 raise ValueError(f"--weights-json must be a JSON object, got {args.weights_json!r}")
-        result = fuse_files(paths, weights, args.out, args.out_scores, scheme=args.scheme, samples=samples)
+        result = fuse_files(paths, weights, args.out, args.out_scores, scheme=args.scheme, samples=samples,
+                            logits=args.logits)
     print(
         f"fused {', '.join(f'{n}:{w}' for n, w in result['weights'].items())} on {result['num_samples']} samples: "
         f"top1 {100 * result['top1']:.2f}  top5 {100 * result['top5']:.2f}  "

@@ -9,17 +9,51 @@ import shlex
 
 import jsonschema
 import yaml
-from snakemake.utils import validate
+from snakemake.logging import logger
+from snakemake.utils import update_config, validate
+
+# No config file is implied (the Snakefile names none), so a run is exactly the files given with
+# --configfile, merged in order, and the --config values over them.
+if "datasets" not in config:
+    raise ValueError(
+        "config: no datasets: name a config file with --configfile in every snakemake call"
+        " (--unlock and --report too), e.g. `snakemake --cores 8 --configfile config/demo.yaml`"
+        " for the demo, or your copy of config/config.yaml (or of config/examples/*.yaml) for"
+        " real data; targets go before --configfile or after `--`"
+    )
+
+
+def _typed_command_line_config():
+    """The `--config KEY=VALUE` overrides with each VALUE read as YAML, as a config file's would
+    be. Snakemake reads a mapping or list VALUE with every leaf a string (`train={lr: 0.05}` gives
+    lr "0.05", which the schema refuses; SNAKEMAKE.md §1.2), so read the words as given again; a
+    VALUE that is not YAML stays the string Snakemake made of it."""
+    typed = {}
+    for entry in workflow.config_settings.config_args or ():
+        key, _, value = entry.partition("=")
+        try:
+            typed[key] = yaml.safe_load(value) if value else None
+        except yaml.YAMLError:
+            pass
+    return typed
+
+
+update_config(config, _typed_command_line_config())
 
 if "streams" in config:
     raise ValueError(
         "config: the key 'streams' is now 'modalities' (the j/b/jm/bm list); rename it"
     )
+if "num_clips" in config.get("test", {}):
+    raise ValueError(
+        "config: test.num_clips is now train.test_clips (recorded in each checkpoint, so that"
+        " msg3d test and msg3d predict apply it alike); move it"
+    )
 validate(config, "../schemas/config.schema.yaml")
 
 
 def _check_integers(schema_file):
-    """JSON Schema counts 2.0 as an integer, so `num_clips: 2.0` passes validate() and then fails
+    """JSON Schema counts 2.0 as an integer, so `test_clips: 2.0` passes validate() and then fails
     in its job (msg3d's integer options do not take "2.0"); check again with integers strict.
     """
     with open(schema_file, encoding="utf-8") as f:
@@ -41,21 +75,48 @@ _check_integers(os.path.join(workflow.basedir, "schemas", "config.schema.yaml"))
 
 # --------------------------------------------------------------------------- names (from msg3d)
 
-# the skeleton layout of each annotation kind
-ANNOTATION_LAYOUTS = {"3dkp": NTU_RGBD.name, "hrnet": COCO.name}
-# the benchmarks of each NTU release: the X of its X_train / X_val split names
-NTU_BENCHMARKS = {
-    ntu: [name.removesuffix("_train") for name in names if name.endswith("_train")]
+# Each annotation kind: its skeleton layout, feature convention (msg3d.data.features) and the
+# training recipe its hyper-parameters start from (msg3d.engine.hparams.RECIPES).
+ANNOTATIONS = {
+    "3dkp": {"layout": NTU_RGBD.name, "features": PYSKL.name, "recipe": "pyskl"},
+    "hrnet": {"layout": COCO.name, "features": PYSKL.name, "recipe": "pyskl"},
+    "openpose": {
+        "layout": OPENPOSE.name,
+        "features": MSG3D_KINETICS.name,
+        "recipe": "msg3d-kinetics",
+    },
+}
+# The benchmarks of each release -> (train split, val split). NTU: the X of its X_train / X_val
+# split names; Kinetics-400 has one, "val" (train on train, test on val: PYSKL's split names).
+RELEASE_BENCHMARKS = {
+    ntu: {
+        name.removesuffix("_train"): (name, name.removesuffix("_train") + "_val")
+        for name in names
+        if name.endswith("_train")
+    }
     for ntu, names in SPLIT_NAMES.items()
 }
-BENCHMARKS = list(dict.fromkeys(b for names in NTU_BENCHMARKS.values() for b in names))
+RELEASE_BENCHMARKS[KINETICS400] = {"val": KINETICS_SPLITS}
+BENCHMARKS = list(
+    dict.fromkeys(b for names in RELEASE_BENCHMARKS.values() for b in names)
+)
 
 # --------------------------------------------------------------------------- the config
 
 DATASETS = config["datasets"]
+
+
+def release(ds):
+    """The release a dataset entry follows: its `ntu` key, or Kinetics-400 for OpenPose data."""
+    return KINETICS400 if ds["annotation"] == "openpose" else ds["ntu"]
+
+
 CONFIG_MODALITIES = config["modalities"]
 SCHEMES = config["fusion"]
 SEARCH = "search"  # scheme name of the weight search (fusion_search)
+# MS-G3D's ensemble: the streams' logits summed (msg3d fuse --logits); {} leaves it out
+ENSEMBLE = "ensemble"
+ENSEMBLE_WEIGHTS = config["ensemble"]
 # everything with a scores pickle: the modalities and the fixed-weight fusion schemes
 ENTRIES = [*CONFIG_MODALITIES, *SCHEMES]
 # Train and test jobs. On a GPU (device null or cuda): one GPU slot each (the profile caps the
@@ -72,6 +133,12 @@ TORCH_THREADS = 1 if ON_CPU else min(8, os.cpu_count() or 1)
 
 def is_url(location):
     return location.startswith(("http://", "https://"))
+
+
+def checkpoint_location(entry):
+    """The path or URL of a datasets.<name>.checkpoints entry: the entry, or its `url` when it is
+    {url, sha256}."""
+    return entry["url"] if isinstance(entry, dict) else entry
 
 
 def _check_path(key, location, folder):
@@ -95,25 +162,38 @@ def _check_config():
     only when their job runs: a clear error at parse time, naming the key."""
     for name, ds in DATASETS.items():
         where = f"config: datasets.{name}"
-        benchmarks = NTU_BENCHMARKS[ds["ntu"]]
+        benchmarks = list(RELEASE_BENCHMARKS[release(ds)])
         bad = [s for s in ds["splits"] if s not in benchmarks]
         if bad:
             raise ValueError(
-                f"{where}.splits: {bad} not defined for {ds['ntu']} (use {benchmarks})"
+                f"{where}.splits: {bad} not defined for {release(ds)} (use {benchmarks})"
             )
         if ds["source"] != "demo":
             if not ds["path"]:
                 raise ValueError(f"{where}.path: required for source {ds['source']}")
-            _check_path(f"{where}.path", ds["path"], folder=ds["source"] == "ntu_raw")
+            _check_path(
+                f"{where}.path",
+                ds["path"],
+                folder=ds["source"] in ("ntu_raw", "kinetics_json"),
+            )
         if ds["source"] == "demo" and (
-            ds["ntu"] != "ntu60" or ds["annotation"] != "3dkp"
+            (ds["ntu"], ds["annotation"]) != ("ntu60", "3dkp")
+            and ds["annotation"] != "openpose"
         ):
             raise ValueError(
                 f"{where}: the demo is NTU60-style 3D data (ntu: ntu60, annotation: 3dkp)"
+                " or Kinetics-style OpenPose data (annotation: openpose)"
             )
         if ds["source"] == "ntu_raw" and ds["annotation"] != "3dkp":
             raise ValueError(
                 f"{where}.annotation: raw .skeleton files hold 3D joints (3dkp)"
+            )
+        if (ds["source"] == "kinetics_json") != (ds["annotation"] == "openpose") and (
+            ds["source"] != "demo"
+        ):
+            raise ValueError(
+                f"{where}: the ST-GCN Kinetics-skeleton release (source kinetics_json) is"
+                " OpenPose data (annotation: openpose), and only it is"
             )
         for split, modalities in ds["checkpoints"].items():
             if split not in ds["splits"]:
@@ -125,7 +205,8 @@ def _check_config():
                 raise ValueError(
                     f"{where}.checkpoints.{split}: modalities {bad} are not in modalities {CONFIG_MODALITIES}"
                 )
-            for modality, location in modalities.items():
+            for modality, entry in modalities.items():
+                location = checkpoint_location(entry)
                 if not is_url(location):
                     _check_path(
                         f"{where}.checkpoints.{split}.{modality}",
@@ -146,6 +227,18 @@ def _check_config():
                 )
         if not any(weights.values()):
             raise ValueError(f"config: fusion.{scheme}: all weights are zero")
+    bad = [m for m in ENSEMBLE_WEIGHTS if m not in CONFIG_MODALITIES]
+    if bad:
+        raise ValueError(
+            f"config: ensemble: modalities {bad} are not in modalities {CONFIG_MODALITIES}"
+            " (ensemble: {} leaves MS-G3D's ensemble out)"
+        )
+    if not all(math.isfinite(w) for w in ENSEMBLE_WEIGHTS.values()):
+        raise ValueError("config: ensemble: the weights must be finite numbers")
+    if ENSEMBLE_WEIGHTS and not any(ENSEMBLE_WEIGHTS.values()):
+        raise ValueError(
+            "config: ensemble: all weights are zero (ensemble: {} leaves it out)"
+        )
     if not any(config["fusion_search"]["grid"]):
         raise ValueError(
             "config: fusion_search.grid: needs a positive weight (all-zero weights fuse nothing)"
@@ -205,9 +298,11 @@ PATHS = {
     "downloaded": "resources/checkpoints/{dataset}/{split}/{modality}.pth",
     "scores": "results/test/{dataset}/{split}/{modality}/scores.pkl",
     "metrics": "results/test/{dataset}/{split}/{modality}/metrics.json",
+    "logits": "results/test/{dataset}/{split}/{modality}/logits.pkl",
     "fused_metrics": "results/fusion/{dataset}/{split}/{scheme}.json",
     "fused_scores": "results/fusion/{dataset}/{split}/{scheme}.pkl",
     "table_md": "results/model_zoo.md",
+    "table_html": "results/model_zoo.html",
     "table_csv": "results/model_zoo.csv",
     "curves": "results/plots/{dataset}/{split}/curves.svg",
     "confusion": "results/plots/{dataset}/{split}/confusion_{entry}.svg",
@@ -250,19 +345,29 @@ def get_code(command, modality=None):
 # --------------------------------------------------------------------------- data
 
 
-# datasets read from .skeleton files (converted) and from PYSKL pickles (imported)
+# datasets read from .skeleton files and from Kinetics JSON clips (converted), and from PYSKL
+# pickles (imported); the demo makes either kind of raw data
+KINETICS_DATASETS = [n for n, d in DATASETS.items() if release(d) == KINETICS400]
 SKELETON_DATASETS = [
-    n for n, d in DATASETS.items() if d["source"] in ("demo", "ntu_raw")
+    n
+    for n, d in DATASETS.items()
+    if d["source"] in ("demo", "ntu_raw") and n not in KINETICS_DATASETS
 ]
 PYSKL_DATASETS = [n for n, d in DATASETS.items() if d["source"] == "pyskl"]
 
 
 def get_skeletons(wildcards):
-    """convert_ntu's input: the demo folder, or the raw folder (ancient: adding files does not rerun)."""
+    """convert_ntu's and convert_kinetics' input: the demo's raw data, or the raw folder
+    (ancient: adding files does not rerun)."""
     ds = DATASETS[wildcards.dataset]
     if ds["source"] == "demo":
         return path("skeletons", **wildcards)
     return ancient(command_path(ds["path"]))
+
+
+def get_annotation(wildcards, key):
+    """The layout, feature convention or recipe (``key``) of the dataset's annotation kind."""
+    return ANNOTATIONS[DATASETS[wildcards.dataset]["annotation"]][key]
 
 
 def get_pyskl_annotations(wildcards):
@@ -272,13 +377,95 @@ def get_pyskl_annotations(wildcards):
 
 # --------------------------------------------------------------------------- train / test
 
-# The config's train: overrides resolved by msg3d (its defaults and bounds): a bad value fails here.
-try:
-    HPARAMS = resolve_hparams(config["train"])
-except ValueError as exc:
-    raise ValueError(f"config: train: {exc}") from None
-TRAIN_HPARAMS = canonical(HPARAMS.to_dict())
+
+def dataset_hparams(name):
+    """A dataset's hyper-parameters: the top-level train: and then the dataset's own train:
+    overrides (model key by key) merged over its annotation's recipe by msg3d (its defaults and
+    bounds), so a bad value fails when the config is parsed."""
+    ds = DATASETS[name]
+    own = ds.get("train", {})
+    overrides = {
+        **config["train"],
+        **own,
+        "model": {**config["train"].get("model", {}), **own.get("model", {})},
+    }
+    try:
+        return resolve_hparams(overrides, ANNOTATIONS[ds["annotation"]]["recipe"])
+    except ValueError as exc:
+        own_keys = f", over its own datasets.{name}.train" if own else ""
+        raise ValueError(f"config: train: {exc} (dataset {name}{own_keys})") from None
+
+
+HPARAMS = {name: dataset_hparams(name) for name in DATASETS}
+
+
+def get_hparams(wildcards):
+    """The dataset's resolved hyper-parameters as canonical JSON (msg3d train --hparams-json)."""
+    return canonical(HPARAMS[wildcards.dataset].to_dict())
+
+
+def get_split_names(wildcards):
+    """(train split, val split) of the job's benchmark in the dataset's annotation pickle."""
+    return RELEASE_BENCHMARKS[release(DATASETS[wildcards.dataset])][wildcards.split]
+
+
 DEVICE_ARG = f"--device {shlex.quote(config['device'])}" if config["device"] else ""
+
+
+def _granted_gpus(rule):
+    """The GPUs a profile or the command line grants each job of ``rule`` (set-resources, else
+    default-resources), or 0 a value computed per job counts as 0."""
+    settings = workflow.resource_settings
+    # Snakemake 9.27 keeps Resource objects (.raw: the value); earlier 9.x, DefaultResources
+    # (.parsed: a dict) and plain values
+    default = settings.default_resources
+    for resources in (
+        settings.overwrite_resources.get(rule, {}),
+        getattr(default, "parsed", default) or {},
+    ):
+        if "gpu" in resources:
+            value = getattr(resources["gpu"], "raw", resources["gpu"])
+            return value if isinstance(value, int) else 0
+    return 0
+
+
+def _warn_cpu_misfits():
+    """Warn (once, when the config is read) about a `device: cpu` that a real run would not
+    want: a full-width model to train on one CPU thread per job, or jobs granted GPUs they would
+    leave idle (a train job granted several would start as many CPU processes)."""
+    if not ON_CPU:
+        return
+    full_width = ModelHParams().base_channels  # PYSKL's model; the demo's are narrower
+    trained = [
+        name
+        for name, ds in DATASETS.items()
+        if HPARAMS[name].model.base_channels >= full_width
+        and any(
+            m not in ds["checkpoints"].get(split, {})
+            for split in ds["splits"]
+            for m in CONFIG_MODALITIES
+        )
+    ]
+    if trained:
+        logger.warning(
+            f"config: device is cpu, but {', '.join(trained)} train(s) the full-width model"
+            f" (train.model.base_channels >= {full_width}) on one CPU thread per job, which takes"
+            " weeks with PYSKL's recipe: set device: null (CUDA when available) to use a GPU, or"
+            " train a narrow model for a CPU try-out (config/demo.yaml)"
+        )
+    granted = {rule: _granted_gpus(rule) for rule in ("train", "test")}
+    granted = {rule: gpus for rule, gpus in granted.items() if gpus > 0}
+    if granted:
+        grants = ", ".join(f"{rule} {gpus}" for rule, gpus in granted.items())
+        logger.warning(
+            f"config: device is cpu, but the profile or the command line grants GPUs to each job"
+            f" ({grants}; set-resources or default-resources gpu): the jobs hold them unused, and a"
+            " train job granted several runs torchrun with as many CPU processes; set device: null"
+            " or cuda to use them, or gpu: 0 for these rules"
+        )
+
+
+_warn_cpu_misfits()
 
 
 def get_launcher(wildcards, resources):
@@ -291,15 +478,23 @@ def get_launcher(wildcards, resources):
     return "python"
 
 
-def given_checkpoint(wildcards):
-    """The checkpoint the config names for this dataset/split/modality (a URL, or a path ready for
-    the command line), or None (train it)."""
-    given = (
+def checkpoint_entry(wildcards):
+    """The config's checkpoints entry for this dataset/split/modality, or None (train it)."""
+    return (
         DATASETS[wildcards.dataset]["checkpoints"]
         .get(wildcards.split, {})
         .get(wildcards.modality)
     )
-    return given if given is None or is_url(given) else command_path(given)
+
+
+def given_checkpoint(wildcards):
+    """The checkpoint the config names for this dataset/split/modality (a URL, or a path ready for
+    the command line), or None (train it)."""
+    entry = checkpoint_entry(wildcards)
+    if entry is None:
+        return None
+    given = checkpoint_location(entry)
+    return given if is_url(given) else command_path(given)
 
 
 def get_test_weights(wildcards):
@@ -332,11 +527,22 @@ def get_checkpoint_url(wildcards):
     return given
 
 
+def get_checkpoint_sha256(wildcards):
+    """download_checkpoint's `--sha256 HEX` (quoted) when the entry gives the hash, else nothing."""
+    entry = checkpoint_entry(wildcards)
+    if not isinstance(entry, dict):
+        return ""
+    # one case, so that writing the hash in the other one does not rerun the download
+    return f"--sha256 {shlex.quote(entry['sha256'].lower())}"
+
+
 # --------------------------------------------------------------------------- fusion
 
 
 def fused_modalities(scheme):
     """The modalities a scheme fuses: its weights' keys, or all of them for the search."""
+    if scheme == ENSEMBLE:
+        return sorted(ENSEMBLE_WEIGHTS)
     return sorted(CONFIG_MODALITIES) if scheme == SEARCH else sorted(SCHEMES[scheme])
 
 
@@ -358,6 +564,21 @@ def get_fusion_scores(wildcards):
     return quoted_pairs(fused_score_files(wildcards))
 
 
+def ensemble_logit_files(wildcards):
+    """(modality, logits pickle) of the ensemble's modalities."""
+    return [
+        (m, path("logits", modality=m, **wildcards)) for m in fused_modalities(ENSEMBLE)
+    ]
+
+
+def get_ensemble_inputs(wildcards):
+    return with_samples([logits for _, logits in ensemble_logit_files(wildcards)])
+
+
+def get_ensemble_scores(wildcards):
+    return quoted_pairs(ensemble_logit_files(wildcards))
+
+
 SEARCH_GRID = ",".join(str(g) for g in sorted(set(config["fusion_search"]["grid"])))
 
 
@@ -365,7 +586,11 @@ SEARCH_GRID = ",".join(str(g) for g in sorted(set(config["fusion_search"]["grid"
 
 
 def fused_schemes():
-    return [*SCHEMES, *([SEARCH] if config["fusion_search"]["enabled"] else [])]
+    return [
+        *SCHEMES,
+        *([SEARCH] if config["fusion_search"]["enabled"] else []),
+        *([ENSEMBLE] if ENSEMBLE_WEIGHTS else []),
+    ]
 
 
 def table_rows():
@@ -390,7 +615,7 @@ def table_rows():
                     "source": "fusion",
                 }
             reference = (
-                f"{ds['ntu']}_{split}_{ds['annotation']}" if ds["reference"] else None
+                f"{release(ds)}_{split}_{ds['annotation']}" if ds["reference"] else None
             )
             rows.append(
                 {
@@ -459,9 +684,18 @@ def get_per_class_scores(wildcards):
     return quoted_pairs((e, scores_file(wildcards, e)) for e in ENTRIES)
 
 
+def plot_class_names(wildcards):
+    """`msg3d plot --class-names`: the NTU release for NTU-format data, whose labels are its
+    actions (A001 = label 0) even when the demo has only the first few; `auto` for the rest, named
+    by their class count (Kinetics-400's 400; the Kinetics demo's few by their number).
+    """
+    ds = DATASETS[wildcards.dataset]
+    return "auto" if release(ds) == KINETICS400 else ds["ntu"]
+
+
 def get_final_output():
     """The targets of the default target: the table and, per dataset and split, the plots."""
-    targets = [path("table_md"), path("table_csv")]
+    targets = [path("table_md"), path("table_csv"), path("table_html")]
     for name, ds in DATASETS.items():
         for split in ds["splits"]:
             at = dict(dataset=name, split=split)
@@ -470,3 +704,39 @@ def get_final_output():
             targets.append(path("per_class", **at))
             targets += [path("confusion", entry=e, **at) for e in ENTRIES]
     return targets
+
+
+# --------------------------------------------------------------------------- export (optional target)
+
+
+def export_path(kind, **wildcards):
+    """The ONNX model ("onnx") exported from a run's tested checkpoint (test.checkpoint: best or
+    latest), beside it as <checkpoint>.onnx, or the JSON `msg3d export-onnx` writes beside that
+    ("json"); the given wildcards filled in, the others left as they are."""
+    from msg3d.deploy.onnx_export import sidecar_path
+
+    tested = path("checkpoint", checkpoint=config["test"]["checkpoint"], **wildcards)
+    model = tested.removesuffix(".pth") + ".onnx"
+    return model if kind == "onnx" else str(sidecar_path(model))
+
+
+def get_export_weights(wildcards):
+    """export_onnx's input: the train job's outputs. Only models trained here are exported: a
+    checkpoint the config gives (PYSKL's) records nothing of how it is applied."""
+    if given_checkpoint(wildcards) is not None:
+        raise ValueError(
+            f"export: {wildcards.dataset} {wildcards.split} {wildcards.modality} is not trained here"
+            " (the config gives its checkpoint); export it with `msg3d export-onnx` and its facts"
+        )
+    return get_test_weights(wildcards)
+
+
+def get_export_targets():
+    """The `export` target: the ONNX model and its JSON of every modality trained here."""
+    return [
+        export_path(kind, dataset=name, split=split, modality=modality)
+        for name, ds in DATASETS.items()
+        for split in ds["splits"]
+        for modality in trained_modalities(name, split)
+        for kind in ("onnx", "json")
+    ]

@@ -6,6 +6,8 @@ rule make_demo:
         skeletons=directory(path("skeletons")),
     log:
         "logs/make_demo/{dataset}.log",
+    wildcard_constraints:
+        dataset=choice(SKELETON_DATASETS),
     conda:
         "../../environment.yml"
     params:
@@ -21,6 +23,42 @@ rule make_demo:
         " --train-subjects {params.train_subjects:q} --val-subjects {params.val_subjects:q}"
         " --replications {params.replications:q}"
         " --min-frames {params.min_frames:q} --max-frames {params.max_frames:q} > {log:q} 2>&1"
+
+
+rule make_kinetics_demo:
+    output:
+        release=directory(path("skeletons")),
+    log:
+        "logs/make_kinetics_demo/{dataset}.log",
+    wildcard_constraints:
+        dataset=choice(KINETICS_DATASETS),
+    conda:
+        "../../environment.yml"
+    params:
+        seed=config["demo"]["seed"],
+        code=get_code("make-kinetics-demo"),
+    shell:
+        "python -m msg3d make-kinetics-demo {output.release:q} --seed {params.seed:q} > {log:q} 2>&1"
+
+
+rule convert_kinetics:
+    input:
+        release=get_skeletons,
+    output:
+        annotations=path("annotations"),
+        skipped=path("skipped"),
+    log:
+        "logs/convert_kinetics/{dataset}.log",
+    wildcard_constraints:
+        dataset=choice(KINETICS_DATASETS),
+    conda:
+        "../../environment.yml"
+    threads: 4
+    params:
+        code=get_code("convert-kinetics"),
+    shell:
+        "python -m msg3d convert-kinetics {input.release:q} {output.annotations:q}"
+        " --jobs {threads:q} > {log:q} 2>&1"
 
 
 rule convert_ntu:
@@ -73,10 +111,9 @@ rule derive:
     conda:
         "../../environment.yml"
     params:
-        layout=lambda wildcards: ANNOTATION_LAYOUTS[
-            DATASETS[wildcards.dataset]["annotation"]
-        ],
+        layout=lambda wildcards: get_annotation(wildcards, "layout"),
+        features=lambda wildcards: get_annotation(wildcards, "features"),
         code=lambda wildcards: get_code("derive", wildcards.modality),
     shell:
         "python -m msg3d derive {input.annotations:q} {output.store:q} --layout {params.layout:q}"
-        " --modality {wildcards.modality:q} > {log:q} 2>&1"
+        " --modality {wildcards.modality:q} --features {params.features:q} > {log:q} 2>&1"

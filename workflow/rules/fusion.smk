@@ -1,4 +1,5 @@
-# Weighted score fusion of the modalities (REFERENCE §7), and the optional weight search.
+# Weighted score fusion of the modalities (REFERENCE §7), MS-G3D's ensemble of their logits, and
+# the optional weight search.
 
 
 rule fuse:
@@ -39,3 +40,22 @@ rule fuse_search:
     shell:
         "python -m msg3d fuse --scheme {params.scheme:q} --scores {params.scores} --search {params.grid:q}"
         " --seed {params.seed:q} --out {output.metrics:q} > {log:q} 2>&1"
+
+
+rule fuse_ensemble:
+    input:
+        get_ensemble_inputs,
+    output:
+        metrics=path("fused_metrics", scheme=ENSEMBLE),
+    log:
+        "logs/fuse_ensemble/{dataset}/{split}.log",
+    conda:
+        "../../environment.yml"
+    params:
+        scheme=ENSEMBLE,
+        scores=get_ensemble_scores,
+        weights=canonical(ENSEMBLE_WEIGHTS),
+        code=get_code("fuse"),
+    shell:
+        "python -m msg3d fuse --logits --scheme {params.scheme:q} --scores {params.scores}"
+        " --weights-json {params.weights:q} --out {output.metrics:q} > {log:q} 2>&1"

@@ -1,10 +1,18 @@
-# The model-zoo table and the plots, all marked for `snakemake --report report.html`.
+# The model-zoo table and the plots, all marked for `snakemake --report report.html`. The report's
+# viewer shows HTML, SVG and images inline but markdown and CSV only as downloads: the table is
+# also written as HTML, so that the report shows it.
 
 
 rule model_zoo_table:
     input:
         get_table_inputs,
     output:
+        html=report(
+            path("table_html"),
+            caption="../report/model_zoo.rst",
+            category="Model zoo",
+            labels={"table": "model zoo (shown here)"},
+        ),
         md=report(
             path("table_md"),
             caption="../report/model_zoo.rst",
@@ -27,7 +35,7 @@ rule model_zoo_table:
         code=get_code("table"),
     shell:
         "python -m msg3d table --spec-json {params.spec:q} {params.reference}"
-        " --out-md {output.md:q} --out-csv {output.csv:q} > {log:q} 2>&1"
+        " --out-md {output.md:q} --out-csv {output.csv:q} --out-html {output.html:q} > {log:q} 2>&1"
 
 
 rule plot_curves:
@@ -70,9 +78,10 @@ rule plot_confusion:
     params:
         scores=lambda wildcards: scores_file(wildcards, wildcards.entry),
         title=lambda wildcards: f"{wildcards.dataset} {wildcards.split}: {wildcards.entry}",
+        names=plot_class_names,
         code=get_code("plot"),
     shell:
-        "python -m msg3d plot confusion --scores {params.scores:q} --title {params.title:q}"
+        "python -m msg3d plot confusion --scores {params.scores:q} --class-names {params.names:q} --title {params.title:q}"
         " --out {output:q} > {log:q} 2>&1"
 
 
@@ -93,6 +102,8 @@ rule plot_per_class:
     params:
         scores=get_per_class_scores,
         title=lambda wildcards: f"{wildcards.dataset} {wildcards.split}",
+        names=plot_class_names,
         code=get_code("plot"),
     shell:
-        "python -m msg3d plot per-class --scores {params.scores} --title {params.title:q} --out {output:q} > {log:q} 2>&1"
+        "python -m msg3d plot per-class --scores {params.scores} --class-names {params.names:q} --title {params.title:q}"
+        " --out {output:q} > {log:q} 2>&1"

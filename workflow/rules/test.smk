@@ -1,4 +1,5 @@
-# Test each model (trained here, or a checkpoint the config gives: a file, or a URL downloaded once).
+# Test each model (trained here, or a checkpoint the config gives: a file, or a URL downloaded once,
+# retried and checked against its sha256 when the config gives one: msg3d download).
 
 
 rule download_checkpoint:
@@ -10,9 +11,9 @@ rule download_checkpoint:
         "../../environment.yml"
     params:
         url=get_checkpoint_url,
+        sha256=get_checkpoint_sha256,
     shell:
-        "python -c 'import sys, urllib.request; urllib.request.urlretrieve(sys.argv[1], sys.argv[2])'"
-        " {params.url:q} {output.pth:q}.part > {log:q} 2>&1 && mv {output.pth:q}.part {output.pth:q}"
+        "python -m msg3d download {params.url:q} {output.pth:q} {params.sha256} > {log:q} 2>&1"
 
 
 rule test:
@@ -23,6 +24,8 @@ rule test:
         scores=path("scores"),
         samples=sibling(path("scores"), "samples"),
         metrics=path("metrics"),
+        logits=path("logits"),
+        logit_samples=sibling(path("logits"), "samples"),
         per_class=sibling(path("scores"), "per_class"),
         confusion=sibling(path("scores"), "confusion_csv"),
     log:
@@ -36,11 +39,11 @@ rule test:
         gpu=GPUS_PER_JOB,
     params:
         checkpoint=get_test_checkpoint,
-        num_clips=config["test"]["num_clips"],
-        num_workers=HPARAMS.num_workers,
+        val_split=lambda wildcards: get_split_names(wildcards)[1],
+        num_workers=lambda wildcards: HPARAMS[wildcards.dataset].num_workers,
         device=DEVICE_ARG,
         code=get_code("test"),
     shell:
-        "python -m msg3d test --data {input.store:q} --split {wildcards.split:q} --checkpoint {params.checkpoint:q}"
-        " --out {output.scores:q} --metrics {output.metrics:q} --num-clips {params.num_clips:q}"
+        "python -m msg3d test --data {input.store:q} --split {params.val_split:q} --checkpoint {params.checkpoint:q}"
+        " --out {output.scores:q} --metrics {output.metrics:q} --logits {output.logits:q}"
         " --num-workers {params.num_workers:q} {params.device} > {log:q} 2>&1"

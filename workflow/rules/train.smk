@@ -23,11 +23,14 @@ rule train:
     params:
         launcher=get_launcher,
         run=lambda wildcards: path("run", **wildcards),
-        hparams=TRAIN_HPARAMS,
+        hparams=get_hparams,
+        train_split=lambda wildcards: get_split_names(wildcards)[0],
+        val_split=lambda wildcards: get_split_names(wildcards)[1],
         seed=config["seed"],
         device=DEVICE_ARG,
         code=get_code("train"),
     shell:
         "{params.launcher} -m msg3d train --data {input.store:q} --split {wildcards.split:q} --out {params.run:q}"
+        " --train-split {params.train_split:q} --val-split {params.val_split:q}"
         " --auto-resume --hparams-json {params.hparams:q} --seed {params.seed:q} {params.device}"
         " --expect-code-digest {params.code:q} > {log:q} 2>&1"
