@@ -139,7 +139,7 @@ def test_snakefmt_check_is_clean():
 
 # params already built as several shell words, each quoted (workflow/rules/common.smk)
 WORD_LIST_PARAMS = {"params.launcher", "params.device", "params.reference", "params.scores", "params.runs",
-                    "params.sha256"}
+                    "params.sha256", "params.release"}
 
 
 def rule_shell_strings():
@@ -448,6 +448,36 @@ def test_given_checkpoints_are_tested_instead_of_trained(tmp_path):
     assert "resources/checkpoints/demo/xsub/j.pth" in outputs
     assert not [p for p in outputs if re.match(r"results/train/demo/xsub/(j|b)/", p)], outputs
     assert {"results/train/demo/xsub/jm/best.pth", "results/train/demo/xsub/jm/epochs.csv"} <= outputs
+
+
+@pytest.mark.slow
+def test_a_pickle_of_its_own_names_its_splits(tmp_path):
+    """PYSKL's K400 and custom-data pickles name their splits train / val: `split_names` gives each
+    benchmark its pair, the import skips the NTU release check, and train/test get the names."""
+    root = copy_repo(tmp_path / "repo", REPO / "tests" / "e2e" / "config" / "config.yaml")
+    (root / "resources").mkdir()
+    (root / "resources" / "k400_hrnet.pkl").write_bytes(b"")
+    custom = {"source": "pyskl", "path": "resources/k400_hrnet.pkl", "annotation": "hrnet", "splits": ["val"],
+              "split_names": {"val": ["train", "val"]}}
+    edit_config(root, lambda c: c["datasets"].update(custom=custom))
+    commands = shell_commands(snakemake(root, "-n", "-p", "--forceall", "--", "results/model_zoo.md").stdout)
+    by_command = {}
+    for command in commands:
+        if command.startswith("python -m msg3d") and "custom" in command:
+            name, args = msg3d_args(command)
+            by_command[name] = args
+    assert by_command["import-pyskl"].dataset is None
+    assert (by_command["train"].train_split, by_command["train"].val_split) == ("train", "val")
+    assert by_command["test"].split == "val"
+    edit_config(root, lambda c: c["datasets"]["custom"].update(splits=["xsub"]))
+    proc = snakemake(root, "-n", "all", check=False)
+    assert ("config: datasets.custom.splits: ['xsub'] not defined in config: datasets.custom.split_names "
+            "(use ['val'])") in proc.stdout + proc.stderr
+    edit_config(root, lambda c: c["datasets"]["demo"].update(split_names={"xsub": ["a", "b"]}))
+    edit_config(root, lambda c: c["datasets"]["custom"].update(splits=["val"]))
+    proc = snakemake(root, "-n", "all", check=False)
+    assert "config: datasets.demo.split_names: only for a PYSKL pickle of your own (source pyskl)" in (
+        proc.stdout + proc.stderr)
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -111,6 +111,14 @@ def release(ds):
     return KINETICS400 if ds["annotation"] == "openpose" else ds["ntu"]
 
 
+def dataset_benchmarks(ds):
+    """A dataset's benchmarks -> (train split, val split): its own `split_names` (a PYSKL pickle of
+    its own, whose splits are e.g. train / val), else its release's."""
+    if ds["split_names"]:
+        return {name: tuple(pair) for name, pair in ds["split_names"].items()}
+    return RELEASE_BENCHMARKS[release(ds)]
+
+
 CONFIG_MODALITIES = config["modalities"]
 SCHEMES = config["fusion"]
 SEARCH = "search"  # scheme name of the weight search (fusion_search)
@@ -162,11 +170,19 @@ def _check_config():
     only when their job runs: a clear error at parse time, naming the key."""
     for name, ds in DATASETS.items():
         where = f"config: datasets.{name}"
-        benchmarks = list(RELEASE_BENCHMARKS[release(ds)])
+        benchmarks = list(dataset_benchmarks(ds))
         bad = [s for s in ds["splits"] if s not in benchmarks]
         if bad:
+            defined = (
+                f"in {where}.split_names" if ds["split_names"] else f"for {release(ds)}"
+            )
             raise ValueError(
-                f"{where}.splits: {bad} not defined for {release(ds)} (use {benchmarks})"
+                f"{where}.splits: {bad} not defined {defined} (use {benchmarks})"
+            )
+        if ds["split_names"] and ds["source"] != "pyskl":
+            raise ValueError(
+                f"{where}.split_names: only for a PYSKL pickle of your own (source pyskl);"
+                f" {ds['source']} data has its release's split names"
             )
         if ds["source"] != "demo":
             if not ds["path"]:
@@ -265,7 +281,7 @@ def choice(names):
 # Every placeholder in a shell command is quoted (`{input.x:q}`, `{params.seed:q}`), so a path or
 # name with a space or a shell character stays one word; the only exceptions are the params that
 # are already several shell words, each quoted when built here (launcher, device, reference,
-# scores, runs). tests/test_workflow.py checks both rules. A path from the config also goes through
+# scores, runs, sha256, release). tests/test_workflow.py checks both rules. A path from the config also goes through
 # command_path, so that a leading "-" is not read as an option.
 
 
@@ -406,7 +422,15 @@ def get_hparams(wildcards):
 
 def get_split_names(wildcards):
     """(train split, val split) of the job's benchmark in the dataset's annotation pickle."""
-    return RELEASE_BENCHMARKS[release(DATASETS[wildcards.dataset])][wildcards.split]
+    return dataset_benchmarks(DATASETS[wildcards.dataset])[wildcards.split]
+
+
+def get_release_check(wildcards):
+    """import-pyskl's --dataset: check the pickle against its NTU release, unless the dataset names
+    its own splits (a pickle of its own, e.g. PYSKL's K400 or custom data: no release to check).
+    """
+    ds = DATASETS[wildcards.dataset]
+    return "" if ds["split_names"] else f"--dataset {shlex.quote(ds['ntu'])}"
 
 
 DEVICE_ARG = f"--device {shlex.quote(config['device'])}" if config["device"] else ""

@@ -94,11 +94,11 @@ rule import_pyskl:
     conda:
         "../../environment.yml"
     params:
-        ntu=lookup(dpath="datasets/{dataset}/ntu", within=config),
+        release=get_release_check,
         code=get_code("import-pyskl"),
     shell:
         "python -m msg3d import-pyskl {input.annotations:q} --out {output.annotations:q}"
-        " --dataset {params.ntu:q} > {log:q} 2>&1"
+        " {params.release} > {log:q} 2>&1"
 
 
 rule derive:
