@@ -356,14 +356,16 @@ def test_shipped_real_data_configs_plan_real_runs(tmp_path, config_file):
 @pytest.mark.slow
 def test_a_config_file_is_the_whole_config(tmp_path):
     """`--configfile FILE` runs what FILE says: the demo config plans nothing of config/config.yaml
-    (a real NTU60 dataset), and config/config.yaml nothing of the demo, as no configfile: directive
-    is merged under them."""
+    (a real NTU60 dataset), though the default profile names config/config.yaml for calls that name
+    no config (a command-line --configfile replaces the profile's, it is not merged with it)."""
     root = copy_repo(tmp_path / "repo")
     make_inputs(root, "config/config.yaml")
     demo = planned_outputs(snakemake(root, "-n", configfile="config/demo.yaml").stdout)
     assert "results/model_zoo.md" in demo and not [p for p in demo if "/ntu60/" in p]
     real = planned_outputs(snakemake(root, "-n", configfile="config/config.yaml").stdout)
     assert "results/stores/ntu60/j" in real and not [p for p in real if "demo" in p]
+    # no --configfile: the profile's config/config.yaml, the real-data one
+    assert planned_outputs(snakemake(root, "-n", configfile=None).stdout) == real
     # two files merge in the order given: the demo's datasets and settings over the real one's
     both = planned_outputs(snakemake(root, "-n", "--configfile", "config/config.yaml", "config/demo.yaml",
                                      configfile=None).stdout)
@@ -372,11 +374,12 @@ def test_a_config_file_is_the_whole_config(tmp_path):
 
 @pytest.mark.slow
 def test_no_config_file_says_which_to_pass(tmp_path):
-    proc = snakemake(copy_repo(tmp_path / "repo"), "-n", configfile=None, check=False)
+    """Without the default profile (`--workflow-profile none`) and without --configfile, no config."""
+    proc = snakemake(copy_repo(tmp_path / "repo"), "-n", "--workflow-profile", "none", configfile=None, check=False)
     assert proc.returncode != 0
-    assert ("config: no datasets: name a config file with --configfile in every snakemake call (--unlock and"
-            " --report too), e.g. `snakemake --cores 8 --configfile config/demo.yaml` for the demo, or your copy"
-            " of config/config.yaml" in proc.stdout + proc.stderr)
+    assert ("config: no datasets: name a config file with --configfile (the default profile names"
+            " config/config.yaml), e.g. `snakemake --cores 8 --configfile config/demo.yaml` for the demo, or"
+            " your copy of config/config.yaml" in proc.stdout + proc.stderr)
 
 
 def train_hparams(output):

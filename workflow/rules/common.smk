@@ -12,12 +12,13 @@ import yaml
 from snakemake.logging import logger
 from snakemake.utils import update_config, validate
 
-# No config file is implied (the Snakefile names none), so a run is exactly the files given with
-# --configfile, merged in order, and the --config values over them.
+# The Snakefile names no config file (the default profile names config/config.yaml, which a
+# command-line --configfile replaces), so a run is exactly the files given with --configfile,
+# merged in order, and the --config values over them.
 if "datasets" not in config:
     raise ValueError(
-        "config: no datasets: name a config file with --configfile in every snakemake call"
-        " (--unlock and --report too), e.g. `snakemake --cores 8 --configfile config/demo.yaml`"
+        "config: no datasets: name a config file with --configfile (the default profile names"
+        " config/config.yaml), e.g. `snakemake --cores 8 --configfile config/demo.yaml`"
         " for the demo, or your copy of config/config.yaml (or of config/examples/*.yaml) for"
         " real data; targets go before --configfile or after `--`"
     )
