@@ -571,37 +571,25 @@ def fused_modalities(scheme):
     return sorted(CONFIG_MODALITIES) if scheme == SEARCH else sorted(SCHEMES[scheme])
 
 
-def fused_score_files(wildcards):
-    """(modality, scores pickle) of the modalities the job's scheme fuses (fuse_search jobs have
-    no {scheme} wildcard: theirs is the search)."""
+def fused_score_files(wildcards, scheme=None):
+    """(modality, stream) of the modalities a scheme fuses: their scores pickles, or for MS-G3D's
+    ensemble their logits. ``scheme``: the job's {scheme} wildcard unless given (fuse_search and
+    fuse_ensemble jobs have none: the search's is the default, the ensemble's rule names it).
+    """
+    scheme = scheme or wildcards.get("scheme", SEARCH)
+    stream = "logits" if scheme == ENSEMBLE else "scores"
     return [
-        (m, path("scores", modality=m, **wildcards))
-        for m in fused_modalities(wildcards.get("scheme", SEARCH))
+        (m, path(stream, modality=m, **wildcards)) for m in fused_modalities(scheme)
     ]
 
 
-def get_fusion_inputs(wildcards):
-    """Scores and sample lists of the modalities the scheme fuses."""
-    return with_samples([scores for _, scores in fused_score_files(wildcards)])
+def get_fusion_inputs(wildcards, scheme=None):
+    """Streams and sample lists of the modalities the scheme fuses."""
+    return with_samples([stream for _, stream in fused_score_files(wildcards, scheme)])
 
 
-def get_fusion_scores(wildcards):
-    return quoted_pairs(fused_score_files(wildcards))
-
-
-def ensemble_logit_files(wildcards):
-    """(modality, logits pickle) of the ensemble's modalities."""
-    return [
-        (m, path("logits", modality=m, **wildcards)) for m in fused_modalities(ENSEMBLE)
-    ]
-
-
-def get_ensemble_inputs(wildcards):
-    return with_samples([logits for _, logits in ensemble_logit_files(wildcards)])
-
-
-def get_ensemble_scores(wildcards):
-    return quoted_pairs(ensemble_logit_files(wildcards))
+def get_fusion_scores(wildcards, scheme=None):
+    return quoted_pairs(fused_score_files(wildcards, scheme))
 
 
 SEARCH_GRID = ",".join(str(g) for g in sorted(set(config["fusion_search"]["grid"])))

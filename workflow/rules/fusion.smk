@@ -44,7 +44,7 @@ rule fuse_search:
 
 rule fuse_ensemble:
     input:
-        get_ensemble_inputs,
+        lambda wildcards: get_fusion_inputs(wildcards, ENSEMBLE),
     output:
         metrics=path("fused_metrics", scheme=ENSEMBLE),
     log:
@@ -53,7 +53,7 @@ rule fuse_ensemble:
         "../../environment.yml"
     params:
         scheme=ENSEMBLE,
-        scores=get_ensemble_scores,
+        scores=lambda wildcards: get_fusion_scores(wildcards, ENSEMBLE),
         weights=canonical(ENSEMBLE_WEIGHTS),
         code=get_code("fuse"),
     shell:
