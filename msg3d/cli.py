@@ -28,6 +28,7 @@ COMMANDS = {
     "plot": ("msg3d.report.plots", "training curves, confusion matrix and per-class plots"),
     "predict": ("msg3d.deploy.predict", "top-k actions of raw skeletons, pickles or clips with trained models"),
     "export-onnx": ("msg3d.deploy.onnx_export", "export a checkpoint to a verified, self-contained ONNX model"),
+    "launch": ("msg3d.launch", "run a command (train, test) on GPUs of its own: claimed, then torchrun for several"),
     "download": ("msg3d.download", "fetch a file (a released checkpoint) by URL: retried, checked against a SHA-256"),
 }
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader
 from msg3d import fileio
 from msg3d.cli import main as cli_main
 from msg3d.data.dataset import SkeletonDataset
+from msg3d.engine import distributed as distmod
 from msg3d.engine.distributed import DistInfo
 from msg3d.engine.evaluate import predict
 from msg3d.engine.hparams import resolve_hparams
@@ -675,3 +677,48 @@ def test_ddp_two_cpu_ranks_agree_and_rank0_writes_once(tmp_path):
     val = read_log(log, "val")[-1]
     assert [val["top1"], val["top5"]] == top_k_accuracy(probs, ds.labels, (1, 5))
     assert val["mean_class_accuracy"] == mean_class_accuracy(probs, ds.labels)
+
+
+class _NewDDP:
+    """A stand-in with PyTorch 2.14's DistributedDataParallel signature (forward_sync_buffers)."""
+
+    def __init__(self, module, device_ids=None, broadcast_buffers=None, forward_sync_buffers=None):
+        self.kwargs = {"device_ids": device_ids, "broadcast_buffers": broadcast_buffers,
+                       "forward_sync_buffers": forward_sync_buffers}
+
+
+def test_ddp_keeps_bn_statistics_per_process_without_the_deprecated_argument(monkeypatch, tmp_path):
+    """PyTorch 2.14 warns about broadcast_buffers; its replacement is used where it exists, and
+    either way buffers are not broadcast before each forward (PYSKL's per-process BN)."""
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", _NewDDP)
+    wrapped = distmod.data_parallel(torch.nn.BatchNorm1d(3), torch.device("cpu"))
+    assert wrapped.kwargs == {"device_ids": None, "broadcast_buffers": None, "forward_sync_buffers": False}
+    monkeypatch.undo()
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            ddp = distmod.data_parallel(torch.nn.BatchNorm1d(3), torch.device("cpu"))
+        assert ddp.broadcast_buffers is False  # a property of forward_sync_buffers in 2.14
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize("stop_at", [5, 9])
+def test_max_iters_stops_a_run_that_the_same_command_continues_bit_identically(stop_at, reference_run, tiny_store,
+                                                                             tmp_path, capsys):
+    """--max-iters inside an epoch (5: latest.pth written there) and at an epoch's end (9: validated
+    and checkpointed as usual); the run then continues to REFERENCE's uninterrupted weights."""
+    out = tmp_path / "smoke"
+    summary = train(tiny_store, "tiny", out, REFERENCE, seed=REFERENCE_SEED, device="cpu", stop_at=stop_at)
+    assert summary["stopped_at"] == stop_at
+    assert torch.load(out / "latest.pth", map_location="cpu", weights_only=True)["meta"]["iter"] == stop_at
+    assert len(summary["epochs"]) == stop_at // 9
+    assert f"stopped at iteration {stop_at}/27 (--max-iters {stop_at})" in capsys.readouterr().err
+    summary = train(tiny_store, "tiny", out, REFERENCE, device="cpu")
+    assert summary["stopped_at"] is None and len(summary["epochs"]) == 3
+    assert_state_dicts_equal(load_state_dict(out / "latest.pth"), load_state_dict(reference_run / "latest.pth"))
+    assert read_epochs(out / "epochs.csv") == read_epochs(reference_run / "epochs.csv")
+    with pytest.raises(ValueError, match="--max-iters must be 1 or more, got 0"):
+        train(tiny_store, "tiny", tmp_path / "zero", REFERENCE, device="cpu", stop_at=0)

@@ -109,10 +109,18 @@ def shell_commands(output):
 
 def msg3d_args(command):
     """The arguments msg3d's own parser makes of a rule's `python -m msg3d NAME ...` command (the
-    words the shell passes, up to the log redirection)."""
+    words the shell passes, up to the log redirection); for `msg3d launch --gpus N NAME ...`, those
+    of the command it launches, with `gpus` added."""
     words = shlex.split(command)
     assert words[:3] == ["python", "-m", "msg3d"], command
     name, rest = words[3], words[4:words.index(">")]
+    if name == "launch":
+        launch = argparse.ArgumentParser(prog="msg3d launch")
+        importlib.import_module(COMMANDS[name][0]).add_arguments(launch)
+        launched = launch.parse_args(rest)
+        name, args = msg3d_args(shlex.join(["python", "-m", "msg3d", launched.command, *launched.arguments, ">"]))
+        args.gpus = launched.gpus
+        return name, args
     parser = argparse.ArgumentParser(prog=f"msg3d {name}")
     importlib.import_module(COMMANDS[name][0]).add_arguments(parser)
     return name, parser.parse_args(rest)
@@ -138,7 +146,7 @@ def test_snakefmt_check_is_clean():
 # --------------------------------------------------------------------------- shell quoting
 
 # params already built as several shell words, each quoted (workflow/rules/common.smk)
-WORD_LIST_PARAMS = {"params.launcher", "params.device", "params.reference", "params.scores", "params.runs",
+WORD_LIST_PARAMS = {"params.device", "params.reference", "params.scores", "params.runs",
                     "params.sha256", "params.release"}
 
 
@@ -384,8 +392,8 @@ def test_no_config_file_says_which_to_pass(tmp_path):
 
 def train_hparams(output):
     """{(dataset, split): --hparams-json text} of the train jobs of a `-n -p` run."""
-    commands = [c for c in shell_commands(output) if c.startswith("python -m msg3d train ")]
-    return {(Path(args.data).parts[2], args.split): args.hparams_json for _, args in map(msg3d_args, commands)}
+    commands = [msg3d_args(c) for c in shell_commands(output) if c.startswith("python -m msg3d ")]
+    return {(Path(args.data).parts[2], args.split): args.hparams_json for name, args in commands if name == "train"}
 
 
 @pytest.mark.slow
@@ -434,6 +442,60 @@ def test_cpu_with_a_full_width_model_or_granted_gpus_warns_once(tmp_path):
     granted = warnings("--set-resources", "train:gpu=8", "test:gpu=1")
     assert len(granted) == 1 and "grants GPUs to each job (train 8, test 1;" in granted[0]
     assert warnings("--config", "device=null", "--set-resources", "train:gpu=8") == []
+
+
+def launched_gpus(output):
+    """{rule name: [the --gpus of each of its jobs]} of the msg3d launch jobs of a `-n -p` run."""
+    gpus = {}
+    for name, args in (msg3d_args(c) for c in shell_commands(output) if c.startswith("python -m msg3d launch ")):
+        gpus.setdefault(name, []).append(args.gpus)
+    return gpus
+
+
+@pytest.mark.slow
+def test_train_jobs_take_every_local_gpu_and_test_jobs_one(tmp_path, monkeypatch):
+    """A faked machine (CUDA_VISIBLE_DEVICES): `train_gpus: all` (the default) trains with DDP over
+    its 4 GPUs, `train_gpus: 1` one GPU per training, a test job takes one; `device: cpu` claims
+    none."""
+    root = copy_repo(tmp_path / "repo", REPO / "tests" / "e2e" / "config" / "config.yaml")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
+
+    def plan(*config):
+        return launched_gpus(snakemake(root, "-n", "-p", "--config", "datasets={demo: {splits: [xsub]}}",
+                                       *config).stdout)
+
+    assert plan("device=null") == {"train": [4] * 8, "test": [1] * 8}
+    assert plan("device=cuda", "train_gpus=1") == {"train": [1] * 8, "test": [1] * 8}
+    assert plan("device=null", "train_gpus=2") == {"train": [2] * 8, "test": [1] * 8}
+    assert plan("device=cpu") == {"train": [0] * 8, "test": [0] * 8}
+    # no GPU: one slot, as before (one job at a time; msg3d launch then claims nothing: the CPU)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert plan("device=null") == {"train": [1] * 8, "test": [1] * 8}
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    proc = snakemake(root, "-n", "--config", "train_gpus=two", check=False)
+    assert proc.returncode != 0 and "train_gpus" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_two_trainings_run_side_by_side_on_two_gpus(tmp_path, monkeypatch):
+    """`snakemake --cores 2` on a machine with two (fake) GPUs and `train_gpus: 1` runs the two
+    trainings at once, each on a card of its own: the second job to start finds GPU 0 claimed and
+    takes GPU 1 (jobs one after another would both have taken GPU 0)."""
+    root = copy_repo(tmp_path / "repo", REPO / "tests" / "e2e" / "config" / "config.yaml")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("MSG3D_GPU_LOCK_DIR", str(tmp_path / "locks"))
+
+    def small(config):
+        del config["datasets"]["kinetics"]
+        config.update(device=None, train_gpus=1, modalities=["j", "b"], fusion={"2s": {"j": 1, "b": 1}},
+                      fusion_search={"enabled": False})
+
+    edit_config(root, small)
+    snakemake(root, "results/model_zoo.md")
+    claimed = {m: re.findall(r"msg3d launch: GPU\(s\) (\S+) claimed", (root / f"logs/train/demo/xsub/{m}.log").read_text())
+               for m in ("j", "b")}
+    assert sorted(claimed.values()) == [["0"], ["1"]], claimed
+    assert (root / "results" / "model_zoo.md").exists()
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ MASTER_ADDR / MASTER_PORT; a plain ``python -m msg3d train`` sets none of them a
 single process (world size 1) without a process group.
 """
 
+import inspect
 import os
 from dataclasses import dataclass
 
@@ -91,3 +92,20 @@ def sync_buffers(info, module):
         return
     for buffer in module.buffers():
         dist.broadcast(buffer, src=0)
+
+
+def data_parallel(module, device):
+    """``module`` in DistributedDataParallel with per-process BN statistics, as PYSKL's MMDDP
+    (``broadcast_buffers=False``): no buffer broadcast before each forward; ``sync_buffers``
+    adopts rank 0's before validating.
+
+    PyTorch 2.14 deprecates ``broadcast_buffers`` for ``forward_sync_buffers`` (a FutureWarning
+    on every DDP start); where that argument exists it is used instead. It differs only in also
+    broadcasting rank 0's buffers once at construction, when every rank holds the same ones anyway
+    (the same seed, or the same checkpoint on resume), so the training is the same.
+    """
+    device_ids = [device.index] if device.type == "cuda" else None
+    ddp = torch.nn.parallel.DistributedDataParallel
+    if "forward_sync_buffers" in inspect.signature(ddp).parameters:
+        return ddp(module, device_ids=device_ids, forward_sync_buffers=False)
+    return ddp(module, device_ids=device_ids, broadcast_buffers=False)

@@ -104,58 +104,90 @@ class EpochClock:
         return time.perf_counter() - self.start
 
 
+# Iterations between reads of the device's loss/top-1 sums: the read waits for the GPU (a host
+# sync), so it happens at log lines, checkpoints, the epoch's end, console lines, and at least this
+# often; the same iterations on every rank, as it is a collective.
+SUMS_READ_EVERY = 20
+
+
 def train_one_epoch(model, loader, optimizer, schedule, state, clock, saver, progress, timer, *, hp, iters_per_epoch,
-                    device, amp, dist_info):
-    """Train the rest of epoch ``state.epoch`` (all of it, or what a resume left).
+                    device, amp, dist_info, stop_at=None):
+    """Train the rest of epoch ``state.epoch`` (all of it, or what a resume left), or up to global
+    iteration ``stop_at`` (``msg3d train --max-iters``) when that comes first.
 
     Per batch: the lr of the iteration, forward (bf16 autocast with ``amp``), cross-entropy in
-    float32, backward, all-reduced loss/top-1 sums, an abort with ``NonFiniteLossError`` before the
-    optimizer step if the loss is not finite, the step; every ``hp.log_interval`` iterations a
-    ``train`` record (``train_record``) in log.jsonl and on the console (``progress``, which also
-    shows the window so far when it has been silent for its ``min_seconds``); latest.pth every
+    float32, backward, the step, and the batch's loss/top-1 sums kept on the device. The sums are
+    read (all-reduced over ranks, ``_read_sums``) every ``SUMS_READ_EVERY`` iterations, at log lines
+    and before any checkpoint, so that a step never waits for the host: a non-finite loss then
+    stops training with ``NonFiniteLossError`` naming its iteration, before anything is saved (the
+    weights stepped since are never written). Every ``hp.log_interval`` iterations a ``train``
+    record (``train_record``) in log.jsonl and on the console (``progress``, which also shows the
+    window so far when it has been silent for its ``min_seconds``); latest.pth every
     ``hp.checkpoint_interval`` iterations inside the epoch (its end is checkpointed by
     ``saver.end_epoch``). ``timer``: an ``IterationTimer``, kept across epochs.
     """
     loader.sampler.set_position(state.epoch, state.iter_in_epoch * hp.batch_size)
     loader.dataset.set_epoch(state.epoch)
     memory_kind = "GPU peak" if device.type == "cuda" else "peak RSS"
+    pending = []  # per batch since the last read: (loss x n, correct, n) on the device, float64
     timer.restart()
     for keypoint, label in loader:
         timer.batch_ready()
-        lr = schedule.apply(state.global_iter)
+        lr = schedule.apply(state.global_iter + len(pending))
         keypoint = keypoint[:, 0].to(device, non_blocking=True)
         label = label.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model(keypoint)
         loss = F.cross_entropy(logits.float(), label)
         loss.backward()
-        n = label.new_tensor(label.shape[0], dtype=torch.float64)
-        stats = torch.stack([loss.detach().double() * n, (logits.argmax(1) == label).sum().double(), n])
-        loss_sum, correct, count = distmod.all_reduce_sum(dist_info, stats).tolist()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            n = torch.full((), label.shape[0], dtype=torch.float64, device=device)
+            pending.append(torch.stack([loss.double() * n, (logits.argmax(1) == label).sum().double(), n]))
+        # equal batches on every rank (the sampler pads): the samples of all ranks
+        timer.iteration_done(label.shape[0] * dist_info.world_size)
+
+        done = state.global_iter + len(pending)
+        at_log_line = done % hp.log_interval == 0
+        at_checkpoint = bool(hp.checkpoint_interval) and done % hp.checkpoint_interval == 0
+        at_stop = stop_at is not None and done >= stop_at
+        # a console line due (every progress.min_seconds, rank 0) reads them too in a single process;
+        # under DDP it shows the window read so far (a read is collective: every rank must join)
+        console_due = progress.due() and not dist_info.enabled
+        if at_log_line or at_checkpoint or at_stop or console_due or len(pending) >= SUMS_READ_EVERY:
+            _read_sums(pending, state, saver, dist_info)
+        if (at_log_line or progress.due()) and state.interval[3]:
+            record = train_record(state, lr, timer, progress, device, close_window=at_log_line)
+            if at_log_line:
+                saver.log.write(**record)
+            progress.update(done, format_train_line(record, hp.epochs, iters_per_epoch, memory_kind),
+                            force=at_log_line)
+        if (at_checkpoint or at_stop) and state.iter_in_epoch < iters_per_epoch:
+            clock.record(state)
+            saver.save_latest(state)
+            timer.hook_done()
+        if at_stop:
+            break
+    _read_sums(pending, state, saver, dist_info)
+    clock.stop_training()
+
+
+def _read_sums(pending, state, saver, dist_info):
+    """Add the batches of ``pending`` (emptied) to ``state``, in order, with their sums over all
+    ranks; NonFiniteLossError at the first batch whose loss is not finite."""
+    if not pending:
+        return
+    sums = distmod.all_reduce_sum(dist_info, torch.stack(pending)).tolist()
+    pending.clear()
+    for loss_sum, correct, count in sums:
         if not math.isfinite(loss_sum):
             message = (f"non-finite training loss ({loss_sum / count}) at iteration {state.global_iter + 1} (epoch "
                        f"{state.epoch + 1}, batch {state.iter_in_epoch + 1}); stopped without saving; last good "
                        f"checkpoint: {saver.last_good_checkpoint()}")
             saver.log.write(type="error", iter=state.global_iter, message=message)
             raise NonFiniteLossError(message)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         state.add_batch(loss_sum, correct, count)
-        timer.iteration_done(count)
-
-        done = state.global_iter
-        at_log_line = done % hp.log_interval == 0
-        if at_log_line or progress.due():
-            record = train_record(state, lr, timer, progress, device, close_window=at_log_line)
-            if at_log_line:
-                saver.log.write(**record)
-            progress.update(done, format_train_line(record, hp.epochs, iters_per_epoch, memory_kind),
-                            force=at_log_line)
-        if hp.checkpoint_interval and done % hp.checkpoint_interval == 0 and state.iter_in_epoch < iters_per_epoch:
-            clock.record(state)
-            saver.save_latest(state)
-            timer.hook_done()
-    clock.stop_training()
 
 
 def train_record(state, lr, timer, progress, device, *, close_window):

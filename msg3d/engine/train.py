@@ -118,15 +118,22 @@ def with_overrides(hp, amp=None, compile_model=None, tensorboard=None):
 
 
 def train(data, split, out, hparams=None, *, resume=False, auto_resume=False, force=False, seed=None, device=None,
-          amp=None, compile_model=None, tensorboard=None, progress_seconds=10.0, train_split=None, val_split=None):
+          amp=None, compile_model=None, tensorboard=None, progress_seconds=10.0, train_split=None, val_split=None,
+          stop_at=None):
     """Train on ``SPLIT_train`` of store ``data``, validating on ``SPLIT_val``; returns a summary dict
     (``already_finished``: the run had ended before, nothing was done).
 
     ``hparams``: an ``HParams`` or a mapping of overrides of its defaults; ``amp`` ('none' or
     'bf16'), ``compile_model`` and ``tensorboard`` override its fields of those names. ``train_split``
     / ``val_split`` name the two splits explicitly instead (``split`` is then only recorded).
-    ``resume``/``auto_resume``/``force``: see ``msg3d.engine.run_dir`` (at most one).
+    ``resume``/``auto_resume``/``force``: see ``msg3d.engine.run_dir`` (at most one). ``stop_at``
+    (``--max-iters``): stop once global iteration ``stop_at`` is done, with latest.pth holding it
+    (validated and checkpointed as usual when it ends an epoch), for a quick smoke run of a full-size
+    config; the run is the same run (nothing of it is recorded in the config), so the same command
+    without it continues where it stopped. The summary's ``stopped_at`` is then that iteration.
     """
+    if stop_at is not None and stop_at < 1:
+        raise ValueError(f"--max-iters must be 1 or more, got {stop_at}")
     if seed is not None and not 0 <= seed < 2**32:
         raise ValueError(f"--seed must be in [0, 2**32) (numpy's seed range), got {seed}")
     if sum((resume, auto_resume, force)) > 1:
@@ -147,7 +154,7 @@ def train(data, split, out, hparams=None, *, resume=False, auto_resume=False, fo
             else:
                 torch.backends.cudnn.benchmark = True
             return _train(data, split, Path(out), hp, info, (resume, auto_resume, force), seed, device,
-                          progress_seconds, run_lock, (train_split, val_split))
+                          progress_seconds, run_lock, (train_split, val_split), stop_at)
         finally:
             torch.use_deterministic_algorithms(previous_deterministic)
             distmod.shutdown(info)
@@ -198,13 +205,14 @@ def _decide_run(data, split, out, hp, info, modes, seed, device, run_lock, split
     return store, decision, train_split, val_split
 
 
-def _summary(out, info, epochs, best, checksum, already_finished):
+def _summary(out, info, epochs, best, checksum, already_finished, stopped_at=None):
     print(f"msg3d train: rank {info.rank} final weights sha256 {checksum}", file=sys.stderr, flush=True)
     return {"run_dir": str(out), "epochs": epochs, "best": best, "final_weights_sha256": checksum,
-            "rank": info.rank, "world_size": info.world_size, "already_finished": already_finished}
+            "rank": info.rank, "world_size": info.world_size, "already_finished": already_finished,
+            "stopped_at": stopped_at}
 
 
-def _train(data, split, out, hp, info, modes, seed, device, progress_seconds, run_lock, split_names):
+def _train(data, split, out, hp, info, modes, seed, device, progress_seconds, run_lock, split_names, stop_at):
     from msg3d.data.dataset import SkeletonDataset
     from msg3d.models import build_model
 
@@ -258,15 +266,19 @@ def _train(data, split, out, hp, info, modes, seed, device, progress_seconds, ru
                 say(f"note: the checkpoint was written with {threads} CPU threads, this process uses "
                     f"{torch.get_num_threads()}; CPU results are bit-identical only with equal thread counts")
         _run_epochs(core, loader, val_loader, val_ds, optimizer, schedule, state, saver, hp, config, info, device,
-                    progress_seconds, say)
+                    progress_seconds, say, stop_at)
     finally:
         saver.close()
-    return _summary(out, info, state.history, state.best, state_checksum(core), False)
+    stopped_at = state.global_iter if state.global_iter < max_iters else None
+    if stopped_at is not None:
+        say(f"stopped at iteration {stopped_at}/{max_iters} (--max-iters {stop_at}); {out / 'latest.pth'} holds "
+            f"it: the same command without --max-iters continues the run")
+    return _summary(out, info, state.history, state.best, state_checksum(core), False, stopped_at)
 
 
 def _run_epochs(core, loader, val_loader, val_ds, optimizer, schedule, state, saver, hp, config, info, device,
-                progress_seconds, say):
-    """Train and validate the epochs ``state`` has left."""
+                progress_seconds, say, stop_at):
+    """Train and validate the epochs ``state`` has left, or until global iteration ``stop_at``."""
     if state.epoch >= hp.epochs:
         return
     iters_per_epoch, max_iters = config["derived"]["iters_per_epoch"], config["derived"]["max_iters"]
@@ -275,10 +287,7 @@ def _run_epochs(core, loader, val_loader, val_ds, optimizer, schedule, state, sa
     if hp.compile:
         core.compile()
     if info.enabled:
-        # BN statistics stay per process, as PYSKL (broadcast_buffers=False); see sync_buffers
-        model = torch.nn.parallel.DistributedDataParallel(
-            core, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-        )
+        model = distmod.data_parallel(core, device)
     progress = Progress(max_iters, state.global_iter, min_seconds=progress_seconds, enabled=info.is_main)
     timer = IterationTimer()
     say(f"{config['data']['num_train_samples']} train / {config['data']['num_val_samples']} val samples, "
@@ -286,10 +295,12 @@ def _run_epochs(core, loader, val_loader, val_ds, optimizer, schedule, state, sa
         f"device {device}, amp {hp.amp}, compile {hp.compile}, world size {info.world_size}, seed {config['seed']}")
 
     model.train()
-    while state.epoch < hp.epochs:
+    while state.epoch < hp.epochs and (stop_at is None or state.global_iter < stop_at):
         clock = EpochClock(state)
         train_one_epoch(model, loader, optimizer, schedule, state, clock, saver, progress, timer, hp=hp,
-                        iters_per_epoch=iters_per_epoch, device=device, amp=amp, dist_info=info)
+                        iters_per_epoch=iters_per_epoch, device=device, amp=amp, dist_info=info, stop_at=stop_at)
+        if state.iter_in_epoch < iters_per_epoch:  # stopped inside the epoch (latest.pth written)
+            return
         val = validate(core, val_loader, val_ds.labels, device=device, amp=amp, dist_info=info)
         row = distmod.broadcast_object(info, epoch_row(state, val, clock, schedule.lr_at(
             state.epoch * iters_per_epoch)) if info.is_main else None)
@@ -337,6 +348,10 @@ def add_arguments(parser):
     parser.add_argument("--tensorboard", action="store_true", default=None,
                         help="also write TensorBoard scalars to RUN_DIR/tensorboard (sets hyper-parameter "
                              "tensorboard; needs pip install -e '.[tensorboard]')")
+    parser.add_argument("--max-iters", type=int, metavar="N",
+                        help="stop once global iteration N is done (latest.pth holds it; validated when it ends an "
+                             "epoch): a quick smoke run of a full-size config; the same command without it "
+                             "continues the run")
     parser.add_argument("--expect-code-digest", metavar="HEX",
                         help="refuse to start unless the training code's digest (msg3d.provenance) is HEX: the "
                              "workflow passes the digest it tracks, so a stale or foreign msg3d is caught")
@@ -351,5 +366,6 @@ def run(args):
     hp = load_hparams(args.hparams, args.hparams_json, recipe=args.recipe)
     train(args.data, args.split, args.out, hp, resume=args.resume, auto_resume=args.auto_resume,
           force=args.force, seed=args.seed, device=args.device, amp=args.amp, compile_model=args.compile,
-          tensorboard=args.tensorboard, train_split=args.train_split, val_split=args.val_split)
+          tensorboard=args.tensorboard, train_split=args.train_split, val_split=args.val_split,
+          stop_at=args.max_iters)
     return 0

@@ -128,16 +128,25 @@ ENSEMBLE = "ensemble"
 ENSEMBLE_WEIGHTS = config["ensemble"]
 # everything with a scores pickle: the modalities and the fixed-weight fusion schemes
 ENTRIES = [*CONFIG_MODALITIES, *SCHEMES]
-# Train and test jobs. On a GPU (device null or cuda): one GPU slot each (the profile caps the
-# slots) and up to 8 torch threads, but never more than the machine has, so `--cores 8` on a
-# 2-core laptop does not oversubscribe it (Snakemake exports OMP_NUM_THREADS={threads}).
-# With device cpu: no GPU slot and one thread each, so Snakemake runs as many at once as --cores
-# allows: the fastest way to train many small models on a CPU, and one busy thread per core also
-# holds up on a shared machine, where torch's spinning thread pool slows down many times over
-# (raise it with --set-threads train=N for one large CPU training).
+# Train and test jobs. With device cpu: no GPU and one thread each, so Snakemake runs as many at
+# once as --cores allows: the fastest way to train many small models on a CPU, and one busy thread
+# per core also holds up on a shared machine, where torch's spinning thread pool slows down many
+# times over (raise it with --set-threads train=N for one large CPU training).
+# On GPUs (device null or cuda): a test job takes one GPU, a train job `train_gpus` (all: every GPU
+# of the machine, DDP), each claiming free cards of its own when it starts (msg3d launch: Snakemake
+# only counts GPUs). The machine's GPUs are the local cap on the `gpu` resource (LOCAL_GPU_SLOTS;
+# one slot on a machine without any, where the jobs then run one at a time on the CPU). Each GPU
+# comes with an equal share of --cores, up to 8 torch threads (and data-loading workers' cores), so
+# that `--cores N` leaves room for one job per GPU (Snakemake exports OMP_NUM_THREADS={threads}).
 ON_CPU = config["device"] == "cpu"
+LOCAL_GPUS = [] if ON_CPU else visible_gpus()
+LOCAL_GPU_SLOTS = max(1, len(LOCAL_GPUS))
+CORES = min(workflow.cores or os.cpu_count() or 1, os.cpu_count() or 1)
+THREADS_PER_GPU = max(1, min(8, CORES // LOCAL_GPU_SLOTS))
 GPUS_PER_JOB = 0 if ON_CPU else 1
-TORCH_THREADS = 1 if ON_CPU else min(8, os.cpu_count() or 1)
+TRAIN_GPUS = 0 if ON_CPU else LOCAL_GPU_SLOTS if config["train_gpus"] == "all" else config["train_gpus"]
+TORCH_THREADS = 1 if ON_CPU else THREADS_PER_GPU
+TRAIN_THREADS = 1 if ON_CPU else THREADS_PER_GPU * max(1, TRAIN_GPUS)
 
 
 def is_url(location):
@@ -281,7 +290,7 @@ def choice(names):
 
 # Every placeholder in a shell command is quoted (`{input.x:q}`, `{params.seed:q}`), so a path or
 # name with a space or a shell character stays one word; the only exceptions are the params that
-# are already several shell words, each quoted when built here (launcher, device, reference,
+# are already several shell words, each quoted when built here (device, reference,
 # scores, runs, sha256, release). tests/test_workflow.py checks both rules. A path from the config also goes through
 # command_path, so that a leading "-" is not read as an option.
 
@@ -493,14 +502,15 @@ def _warn_cpu_misfits():
 _warn_cpu_misfits()
 
 
-def get_launcher(wildcards, resources):
-    """How the train job starts Python: with more than one GPU granted (e.g. set-resources in a
-    cluster profile), torchrun runs DDP inside the one job. A cap below the request scales the
-    grant down, to 0 under `--resources gpu=0`: that is plain python."""
-    gpus = int(resources.gpu)
-    if gpus > 1:
-        return f"torchrun --standalone --nproc-per-node {gpus}"
-    return "python"
+def _cap_local_gpu_jobs():
+    """On a local run, as many GPU jobs at once as the machine has GPUs (each claims its own cards),
+    unless `--resources gpu=N` or a profile set a cap; a cluster executor needs no local cap, and a
+    job running inside a cluster job (remote exec) is alone."""
+    if workflow.local_exec and not workflow.remote_exec and "gpu" not in workflow.global_resources:
+        workflow.register_resource("gpu", LOCAL_GPU_SLOTS)
+
+
+_cap_local_gpu_jobs()
 
 
 def checkpoint_entry(wildcards):

@@ -44,6 +44,6 @@ rule test:
         device=DEVICE_ARG,
         code=get_code("test"),
     shell:
-        "python -m msg3d test --data {input.store:q} --split {params.val_split:q} --checkpoint {params.checkpoint:q}"
+        "python -m msg3d launch --gpus {resources.gpu:q} test --data {input.store:q} --split {params.val_split:q} --checkpoint {params.checkpoint:q}"
         " --out {output.scores:q} --metrics {output.metrics:q} --logits {output.logits:q}"
         " --num-workers {params.num_workers:q} {params.device} > {log:q} 2>&1"

@@ -17,11 +17,10 @@ rule train:
         "benchmarks/train/{dataset}/{split}/{modality}.tsv"
     conda:
         "../../environment.yml"
-    threads: TORCH_THREADS
+    threads: TRAIN_THREADS
     resources:
-        gpu=GPUS_PER_JOB,
+        gpu=TRAIN_GPUS,
     params:
-        launcher=get_launcher,
         run=lambda wildcards: path("run", **wildcards),
         hparams=get_hparams,
         train_split=lambda wildcards: get_split_names(wildcards)[0],
@@ -30,7 +29,7 @@ rule train:
         device=DEVICE_ARG,
         code=get_code("train"),
     shell:
-        "{params.launcher} -m msg3d train --data {input.store:q} --split {wildcards.split:q} --out {params.run:q}"
+        "python -m msg3d launch --gpus {resources.gpu:q} train --data {input.store:q} --split {wildcards.split:q} --out {params.run:q}"
         " --train-split {params.train_split:q} --val-split {params.val_split:q}"
         " --auto-resume --hparams-json {params.hparams:q} --seed {params.seed:q} {params.device}"
         " --expect-code-digest {params.code:q} > {log:q} 2>&1"
