@@ -144,7 +144,8 @@ LOCAL_GPU_SLOTS = max(1, len(LOCAL_GPUS))
 CORES = min(workflow.cores or os.cpu_count() or 1, os.cpu_count() or 1)
 THREADS_PER_GPU = max(1, min(8, CORES // LOCAL_GPU_SLOTS))
 GPUS_PER_JOB = 0 if ON_CPU else 1
-TRAIN_GPUS = 0 if ON_CPU else LOCAL_GPU_SLOTS if config["train_gpus"] == "all" else config["train_gpus"]
+ALL_GPUS = config["train_gpus"] == "all"
+TRAIN_GPUS = 0 if ON_CPU else LOCAL_GPU_SLOTS if ALL_GPUS else config["train_gpus"]
 TORCH_THREADS = 1 if ON_CPU else THREADS_PER_GPU
 TRAIN_THREADS = 1 if ON_CPU else THREADS_PER_GPU * max(1, TRAIN_GPUS)
 
@@ -506,7 +507,8 @@ def _cap_local_gpu_jobs():
     """On a local run, as many GPU jobs at once as the machine has GPUs (each claims its own cards),
     unless `--resources gpu=N` or a profile set a cap; a cluster executor needs no local cap, and a
     job running inside a cluster job (remote exec) is alone."""
-    if workflow.local_exec and not workflow.remote_exec and "gpu" not in workflow.global_resources:
+    capped = "gpu" in workflow.global_resources
+    if workflow.local_exec and not workflow.remote_exec and not capped:
         workflow.register_resource("gpu", LOCAL_GPU_SLOTS)
 
 
