@@ -307,13 +307,16 @@ def test_unbuildable_networks_are_clear_errors(kwargs, message):
         build_model(**kwargs)
 
 
+@pytest.mark.parametrize("sequences", [1, 3])
 @pytest.mark.parametrize("frames, window, stride", [(9, 3, 2), (10, 5, 2), (7, 3, 1), (6, 1, 1)])
-def test_sliding_windows_view_and_gradient(frames, window, stride):
-    z = torch.randn(frames, 4, 3, dtype=torch.float64, requires_grad=True)
+def test_sliding_windows_view_and_gradient(sequences, frames, window, stride):
+    z = torch.randn(sequences, frames, 4, 3, dtype=torch.float64, requires_grad=True)
     out = SlidingWindows.apply(z, window, stride)
-    expected = torch.stack([z[j:j + window].reshape(-1, 3) for j in range(0, frames - window + 1, stride)])
+    expected = torch.stack([seq[j:j + window].reshape(-1, 3) for seq in z
+                            for j in range(0, frames - window + 1, stride)])
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
-    assert out.data_ptr() == z.data_ptr()  # a view, no copy
+    if sequences == 1:
+        assert out.data_ptr() == z.data_ptr()  # a view, no copy
     torch.autograd.gradcheck(lambda t: SlidingWindows.apply(t, window, stride), (z,))
 
 

@@ -15,29 +15,30 @@ from msg3d.models.graph import multiscale_graph
 
 
 class SlidingWindows(torch.autograd.Function):
-    """Overlapping windows of frames as a strided view: ``(T, R, E) -> (T_w, w * R, E)``.
+    """Overlapping windows of frames of M sequences: ``(M, T, R, E) -> (M * T_w, w * R, E)``.
 
-    Window j holds frames ``j * stride ... j * stride + w - 1``. Same as ``unfold`` + reshape, but
-    the backward adds the window gradients back with w strided adds, about 15x faster on the CPU
-    than autograd's generic ``unfold_backward``.
+    Window j of a sequence holds its frames ``j * stride ... j * stride + w - 1``. Same as
+    ``unfold`` + reshape: a strided view of the input for one sequence, one copy for several (the
+    sequences' windows cannot be one strided view). The backward adds the window gradients back
+    with w strided adds, about 15x faster on the CPU than autograd's generic ``unfold_backward``.
     """
 
     @staticmethod
     def forward(ctx, z, window_size, stride):
-        t, r, e = z.shape
+        m, t, r, e = z.shape
         ctx.shape, ctx.window_size, ctx.stride = z.shape, window_size, stride
         t_out = (t - window_size) // stride + 1
-        return z.unfold(0, window_size, stride).permute(0, 3, 1, 2).reshape(t_out, window_size * r, e)
+        return z.unfold(1, window_size, stride).permute(0, 1, 4, 2, 3).reshape(m * t_out, window_size * r, e)
 
     @staticmethod
     def backward(ctx, grad):
-        t, r, e = ctx.shape
+        m, t, r, e = ctx.shape
         w, s = ctx.window_size, ctx.stride
-        t_out = grad.shape[0]
-        grad = grad.reshape(t_out, w, r, e)
+        t_out = grad.shape[0] // m
+        grad = grad.reshape(m, t_out, w, r, e)
         grad_z = grad.new_zeros(ctx.shape)
         for tau in range(w):
-            grad_z[tau : tau + s * (t_out - 1) + 1 : s] += grad[:, tau]
+            grad_z[:, tau : tau + s * (t_out - 1) + 1 : s] += grad[:, :, tau]
         return grad_z, None, None
 
 
@@ -139,9 +140,9 @@ class MSGCN(nn.Module):
             # AMD), and a batch of >= 16 images selects it even single-threaded.
             z = F.conv2d(chunk.reshape(m * t, 1, v, c).permute(0, 3, 1, 2), proj)  # stored (m * T, V, K, E)
             z = z.permute(0, 2, 3, 1).reshape(m, t, v * k, e)  # rows (v, k) per frame
-            # Window j = rows (tau, v, k) of frames j*s ... j*s+w-1: a strided view of z (no copy).
-            windows = [SlidingWindows.apply(seq, w, s) for seq in z]  # each (T_w, w * V * K, E)
-            z = windows[0] if m == 1 else torch.cat(windows)
+            # Window j = rows (tau, v, k) of frames j*s ... j*s+w-1: a strided view of one sequence's z
+            # (no copy), one copy of all of them for a whole batch (one kernel, not one per sequence).
+            z = SlidingWindows.apply(z, w, s)  # (m * T_w, w * V * K, E)
             # Cast before expanding (under autocast z is bf16): autocast would copy the expanded view.
             a_batch = a_cols.to(z.dtype).expand(m * t_out, -1, -1)
             outs.append(torch.baddbmm(conv.bias.to(z.dtype), a_batch, z))  # (m * T_w, V * w, E)
