@@ -157,7 +157,7 @@ class PysklRecognizer(nn.Module):
         super().__init__()
         self.backbone = PysklMSG3D(layout, **scales)
         self.cls_head = nn.Module()
-        self.cls_head.fc_cls = nn.Linear(384, num_classes)
+        self.cls_head.fc_cls = nn.Linear(4 * scales.get("base_channels", 96), num_classes)
 
     def forward(self, x):
         feat = self.backbone(x)
