@@ -133,13 +133,15 @@ def test_launch_on_a_machine_without_gpus_claims_nothing(tmp_path):
 @pytest.mark.slow
 def test_launch_two_fake_gpus_trains_ddp_with_two_ranks(tiny_store, tmp_path):
     out = tmp_path / "run"
-    hp = {"epochs": 1, "batch_size": 3, "lr_batch": 6, "clip_len": 8, "num_workers": 0,
-          "model": {"base_channels": 8, "num_gcn_scales": 2, "num_g3d_scales": 2}}
+    hp = {"epochs": 1, "batch_size": 8, "lr_batch": 8, "clip_len": 16, "num_workers": 0,
+          "model": {"base_channels": 8, "num_gcn_scales": 2, "num_g3d_scales": 1}}
     proc = run_launch(["--gpus", "2", "train", "--data", str(tiny_store), "--split", "tiny", "--out", str(out),
                        "--seed", "1", "--hparams-json", json.dumps(hp)], {"CUDA_VISIBLE_DEVICES": "0,1"}, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "GPU(s) 0,1 claimed" in proc.stderr and "--nproc-per-node 2" in proc.stderr
     config = json.loads((out / "config.json").read_text())
     assert config["runtime"] == {"device": "cpu", "world_size": 2}
+    # DDP's warning about the 1x1 convolutions' gradient strides (same bytes) stays out of the log
+    assert "Grad strides do not match" not in proc.stderr
     # the job ended: its GPUs are free again
     assert try_claim(2, ["0", "1"], tmp_path / "locks" / "local") is not None

@@ -7,6 +7,7 @@ single process (world size 1) without a process group.
 
 import inspect
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -104,8 +105,15 @@ def data_parallel(module, device):
     broadcasting rank 0's buffers once at construction, when every rank holds the same ones anyway
     (the same seed, or the same checkpoint on resume), so the training is the same.
     """
+    # The model's 1x1 convolutions get weight gradients with channels_last strides (C_in, 1, C_in,
+    # C_in) or contiguous ones (C_in, 1, 1, 1), as their input is laid out; for a 1x1 kernel both
+    # are the same bytes, and DDP copies every gradient into its bucket anyway (no
+    # gradient_as_bucket_view), so its warning about the strides costs nothing here: keep it out of
+    # every training log.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides", category=UserWarning)
     device_ids = [device.index] if device.type == "cuda" else None
     ddp = torch.nn.parallel.DistributedDataParallel
     if "forward_sync_buffers" in inspect.signature(ddp).parameters:
         return ddp(module, device_ids=device_ids, forward_sync_buffers=False)
     return ddp(module, device_ids=device_ids, broadcast_buffers=False)
+
