@@ -6,6 +6,7 @@ import io
 import pickle
 import subprocess
 import sys
+import weakref
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from skeleton_text import BODY_ID, UPRIGHT, WIDE, body, expected, skeleton_bytes
 import msg3d.fileio
 from msg3d.data import ntu_raw
 from msg3d.data.ntu_raw import NoBodiesError, SkeletonFormatError
+from msg3d.data.pyskl_io import load_annotations
 
 ZERO = np.zeros((1, 25, 3))
 MOVING = (0.05, 0.0, 0.0)  # adds 0.0025 * var(t) to the motion of UPRIGHT (0.156)
@@ -426,6 +428,8 @@ def test_convert_folder(tmp_path):
     out = tmp_path / "out" / "ntu60.pkl"
     summary = ntu_raw.convert_ntu(raw, out, "ntu60", jobs=1)
     ann = pickle.loads(out.read_bytes())
+    assert list(ann) == ["annotations", "split"]
+    assert load_annotations(out, dataset="ntu60")["split"] == ann["split"]  # what import-pyskl and derive read
     names = [a["frame_dir"] for a in ann["annotations"]]
     assert names == ["S001C001P001R001A001", "S001C002P003R002A002", "S002C003P008R001A059"]
     assert [a["label"] for a in ann["annotations"]] == [0, 1, 58]
@@ -488,17 +492,43 @@ def test_jobs_do_not_change_the_output(tmp_path):
 
 
 def test_interrupted_write_leaves_no_output(tmp_path, monkeypatch):
+    """A write that fails half way (a full disk) leaves the previous pickle and no temporary."""
     raw = _raw_folder(tmp_path)
     out = tmp_path / "out" / "ntu60.pkl"
+    out.parent.mkdir()
+    out.write_bytes(b"previous")
 
-    def dump_half(obj, f, protocol=None):
-        f.write(pickle.dumps(obj)[:1000])
-        raise OSError("disk full")
+    class FailingFile(io.FileIO):
+        def write(self, data):
+            if self.tell() + len(data) > 1000:
+                raise OSError("disk full")
+            return super().write(data)
 
-    monkeypatch.setattr(msg3d.fileio.pickle, "dump", dump_half)
+    monkeypatch.setattr(msg3d.fileio, "open", lambda path, mode: FailingFile(path, "w"), raising=False)
     with pytest.raises(OSError, match="disk full"):
         ntu_raw.convert_ntu(raw, out, "ntu60", jobs=1)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["skipped.tsv"]  # no OUT.pkl, no temp file
+    assert [p.name for p in out.parent.iterdir()] == ["ntu60.pkl"] and out.read_bytes() == b"previous"
+
+
+def test_arrays_are_written_as_they_come(tmp_path, monkeypatch):
+    """Each array is pickled to disk as soon as it is converted: while a file converts, at most two
+    earlier arrays are alive (the last one, still referenced by the loop's iterators, and the one
+    before it), however many files there are; a converter that kept them all would hold 9."""
+    raw = _raw_folder(tmp_path)
+    for i in range(6):
+        _write(raw, f"S005C002P0{10 + i}R001A0{20 + i}.skeleton", skeleton_bytes(3, (BODY_ID, range(3), body(3))))
+    alive, most = [], []
+    real = ntu_raw.convert_file
+
+    def tracked(path):
+        most.append(sum(ref() is not None for ref in alive))
+        keypoint = real(path)
+        alive.append(weakref.ref(keypoint))
+        return keypoint
+
+    monkeypatch.setattr(ntu_raw, "convert_file", tracked)
+    summary = ntu_raw.convert_ntu(raw, tmp_path / "out" / "ntu120.pkl", "ntu120", jobs=1)
+    assert summary["converted"] == 10 and len(most) == 12 and max(most) <= 2
 
 
 def test_interrupted_conversion_leaves_no_output(tmp_path, monkeypatch):

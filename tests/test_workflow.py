@@ -303,6 +303,7 @@ def test_demo_config_runs_the_whole_demo_pipeline(tmp_path):
     splits = sum(len(ds["splits"]) for ds in datasets.values())
     assert stats["make_demo"] == 1 and stats["convert_ntu"] == 1
     assert stats["make_kinetics_demo"] == 1 and stats["convert_kinetics"] == 1 and stats["derive"] == 4 * 2
+    assert stats["prepare_annotations"] == 2  # the pickle read once per dataset, not once per modality
     assert stats["train"] == stats["test"] == 4 * splits
     assert stats["fuse"] == 2 * splits and stats["fuse_search"] == stats["fuse_ensemble"] == splits
     assert stats["model_zoo_table"] == 1 and stats["plot_per_class"] == splits and stats["plot_curves"] == splits

@@ -20,6 +20,12 @@ Each file becomes the array PYSKL's ``tools/data/ntu_preproc.py`` makes from it 
 Every fact above was read from PYSKL's code; the code here is our own, and it keeps PYSKL's
 float32 arithmetic (numpy >= 2 scalar rules) wherever a comparison or a sort depends on it.
 
+The pickle is written as a stream (``msg3d.fileio.write_pickle_streamed``): each array goes to
+disk as soon as its file is converted, so memory stays flat however many files the folder holds
+(the full NTU120 download gives a 1.8 GB pickle). Its dict is ``{'annotations': [...], 'split':
+{...}}``, in that order (the split lists the files converted, known only at the end); the values
+are what PYSKL's script writes.
+
 Speed: a file is read as bytes and cut into tokens once with numpy. The per-frame body counts
 give the positions of the tokens that matter (counts, body IDs, x y z), and x y z are converted
 in bulk (an exact integer-mantissa conversion; unusual spellings go through ``float``). The unused
@@ -38,7 +44,7 @@ from typing import NamedTuple
 import numpy as np
 
 from msg3d.data.splits import NTU_NAME, NUM_ACTIONS, ntu_split, official_missing, parse_ntu_name
-from msg3d.fileio import write_pickle_atomic, write_text_atomic
+from msg3d.fileio import PickledList, write_pickle_streamed, write_text_atomic
 from msg3d.layouts import get_layout
 
 NUM_JOINTS = get_layout("nturgb+d").num_joints  # 25 Kinect v2 joints
@@ -483,13 +489,14 @@ def skipped_table(rows):
 def convert_ntu(raw_dir, out_path, dataset, jobs=None, strict=False, log=None):
     """Convert the ``*.skeleton`` files of ``raw_dir``; write ``out_path`` and ``skipped.tsv``.
 
-    Writes PYSKL's ``{'split': ..., 'annotations': [...]}`` (annotations sorted by frame_dir,
+    Writes PYSKL's ``{'annotations': [...], 'split': ...}`` (annotations sorted by frame_dir,
     splits from ``splits.ntu_split``) and, beside it, ``skipped.tsv`` (file, reason, detail) for
     the files not converted: ``official-missing``, ``no-bodies`` and ``unreadable`` (a malformed
     file or file name; the detail names the line). With ``strict``, an unreadable file raises
-    ``SkeletonFormatError`` instead. Files of actions outside ``dataset`` are left out. Both
-    files are written atomically, the pickle last. Progress lines go to ``log`` (a text stream)
-    if given. Returns a summary dict.
+    ``SkeletonFormatError`` instead. Files of actions outside ``dataset`` are left out. The pickle
+    is streamed (module docstring) and appears atomically, last; ``skipped.tsv`` is written just
+    before it is complete (also when no file was converted, which raises ValueError). Progress
+    lines go to ``log`` (a text stream) if given. Returns a summary dict.
 
     ``ntu120`` needs NTU120's files: a folder without a usable file of action > 60 raises
     ValueError before anything is written (see ``_check_release``).
@@ -523,19 +530,28 @@ def convert_ntu(raw_dir, out_path, dataset, jobs=None, strict=False, log=None):
             names.append(stem)
     _check_release(raw_dir, names, dataset)
 
-    annotations = _convert_all(raw_dir, names, skipped, jobs, strict, log)
-    skipped.sort()
-    write_text_atomic(out_path.parent / SKIPPED_TSV, skipped_table(skipped))
-    if not annotations:
-        raise ValueError(f"no sample of {dataset} converted from {raw_dir}; see {out_path.parent / SKIPPED_TSV}")
-    frame_dirs = [ann["frame_dir"] for ann in annotations]
-    write_pickle_atomic(out_path, {"split": ntu_split(frame_dirs, dataset), "annotations": annotations})
+    kept = []  # frame_dirs converted, in order
+    tsv = out_path.parent / SKIPPED_TSV
+    annotations = _converted(raw_dir, names, kept, skipped, jobs, strict, log)
+
+    def pairs():
+        yield "annotations", PickledList(annotations)
+        skipped.sort()
+        write_text_atomic(tsv, skipped_table(skipped))
+        if not kept:
+            raise ValueError(f"no sample of {dataset} converted from {raw_dir}; see {tsv}")
+        yield "split", ntu_split(kept, dataset)
+
+    try:
+        write_pickle_streamed(out_path, pairs())
+    finally:
+        annotations.close()  # stops the worker processes now, also on an error
 
     reasons = {}
     for _, reason, _ in skipped:
         reasons[reason] = reasons.get(reason, 0) + 1
     summary = {
-        "converted": len(annotations),
+        "converted": len(kept),
         "skipped": reasons,
         "other_actions": other_actions,
         "seconds": round(time.perf_counter() - started, 3),
@@ -543,8 +559,8 @@ def convert_ntu(raw_dir, out_path, dataset, jobs=None, strict=False, log=None):
     if log is not None:
         counts = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
         print(
-            f"convert-ntu: wrote {out_path}: {len(annotations)} samples of {dataset} in {summary['seconds']:.1f} s; "
-            f"skipped {len(skipped)}{f' ({counts})' if counts else ''}, listed in {out_path.parent / SKIPPED_TSV}"
+            f"convert-ntu: wrote {out_path}: {len(kept)} samples of {dataset} in {summary['seconds']:.1f} s; "
+            f"skipped {len(skipped)}{f' ({counts})' if counts else ''}, listed in {tsv}"
             + (f"; left out {other_actions} files with action > {NUM_ACTIONS[dataset]}" if other_actions else ""),
             file=log,
         )
@@ -574,8 +590,14 @@ def _check_release(raw_dir, names, dataset):
     )
 
 
-def _convert_all(raw_dir, names, skipped, jobs, strict, log):
-    """Annotations of ``names`` in order (appending failures to ``skipped``)."""
+def _converted(raw_dir, names, kept, skipped, jobs, strict, log):
+    """The annotations of ``names``, in order, as they are converted; their frame_dirs are appended
+    to ``kept``, the failures to ``skipped``.
+
+    With ``jobs`` > 1 the files are converted by worker processes. ``Pool.imap`` does not wait for
+    the consumer, but here the consumer (pickling ~16 KB of float16 per file) is far faster than
+    the workers (parsing ~300 KB of text per file), so results do not pile up in memory.
+    """
     paths = [str(raw_dir / f"{name}.skeleton") for name in names]
     jobs = max(1, min(jobs or available_cpus(), len(paths)))
     pool = None
@@ -586,7 +608,6 @@ def _convert_all(raw_dir, names, skipped, jobs, strict, log):
         results = pool.imap(_convert_task, paths, chunksize=max(1, min(64, len(paths) // (8 * jobs))))
     else:
         results = map(_convert_task, paths)
-    annotations = []
     last_report = start = time.perf_counter()
     try:
         for done, (name, (keypoint, reason, detail)) in enumerate(zip(names, results), 1):
@@ -595,13 +616,9 @@ def _convert_all(raw_dir, names, skipped, jobs, strict, log):
                     raise SkeletonFormatError(detail)
                 skipped.append((f"{name}.skeleton", reason, detail))
             else:
-                # An array from a worker carries its own unpickled dtype object, which changes
-                # the output's pickle memo; astype gives numpy's shared float16 dtype again.
-                keypoint = keypoint.astype(np.float16)
+                kept.append(name)
                 label = parse_ntu_name(name).action - 1
-                annotations.append(
-                    {"frame_dir": name, "label": label, "keypoint": keypoint, "total_frames": keypoint.shape[1]}
-                )
+                yield {"frame_dir": name, "label": label, "keypoint": keypoint, "total_frames": keypoint.shape[1]}
             now = time.perf_counter()
             if log is not None and now - last_report >= PROGRESS_SECONDS:
                 last_report = now
@@ -614,7 +631,6 @@ def _convert_all(raw_dir, names, skipped, jobs, strict, log):
     finally:
         if pool is not None:
             pool.terminate()
-    return annotations
 
 
 # ----------------------------------------------------------------------------------------------

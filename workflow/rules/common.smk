@@ -141,7 +141,11 @@ ENTRIES = [*CONFIG_MODALITIES, *SCHEMES]
 ON_CPU = config["device"] == "cpu"
 LOCAL_GPUS = [] if ON_CPU else visible_gpus()
 LOCAL_GPU_SLOTS = max(1, len(LOCAL_GPUS))
-CORES = min(workflow.cores or os.cpu_count() or 1, os.cpu_count() or 1)
+# --cores (None under a cluster executor, which needs none), at most the machine's
+CORES = min(
+    workflow.global_resources["_cores"].value or os.cpu_count() or 1,
+    os.cpu_count() or 1,
+)
 THREADS_PER_GPU = max(1, min(8, CORES // LOCAL_GPU_SLOTS))
 GPUS_PER_JOB = 0 if ON_CPU else 1
 ALL_GPUS = config["train_gpus"] == "all"
@@ -319,6 +323,8 @@ PATHS = {
     "skeletons": "results/demo/{dataset}/skeletons",
     "annotations": "results/annotations/{dataset}/annotations.pkl",
     "skipped": "results/annotations/{dataset}/skipped.tsv",
+    # the annotation pickle, checked once and cut into shards that each derive job reads in turn
+    "prepared": "results/annotations/{dataset}/prepared",
     "store": "results/stores/{dataset}/{modality}",
     # a training run's folder: latest.pth is written there but is no declared output
     "run": "results/train/{dataset}/{split}/{modality}",
@@ -506,9 +512,12 @@ _warn_cpu_misfits()
 def _cap_local_gpu_jobs():
     """On a local run, as many GPU jobs at once as the machine has GPUs (each claims its own cards),
     unless `--resources gpu=N` or a profile set a cap; a cluster executor needs no local cap, and a
-    job running inside a cluster job (remote exec) is alone."""
+    job running inside a cluster job (remote exec) is alone. While the Snakefile is read the
+    executor plugin is not set yet (local_exec is True even under --executor slurm), but a cluster
+    run has `--jobs`, i.e. `_nodes`, set and `--cores` not."""
     capped = "gpu" in workflow.global_resources
-    if workflow.local_exec and not workflow.remote_exec and not capped:
+    cluster = workflow.nodes is not None
+    if workflow.local_exec and not workflow.remote_exec and not cluster and not capped:
         workflow.register_resource("gpu", LOCAL_GPU_SLOTS)
 
 
@@ -765,3 +774,54 @@ def get_export_targets():
         for modality in trained_modalities(name, split)
         for kind in ("onnx", "json")
     ]
+
+
+# --- Memory per job (mem_mb) ---
+# Each data job declares `resources: mem_mb`, so that Snakemake runs no more of them at once than
+# `--resources mem_mb=N` (or a cluster job) allows. A job's MB: a floor, plus MB per MB of its
+# input files, per file in its input folders and per thread (worker process). The factors come
+# from the peak resident memory of each job's processes together (benchmarks/data_memory.py;
+# Python 3.11, numpy 2.4, x86-64 Linux, ~40 MB per Python process; MB there are MiB, as in
+# input.size_mb, 5 % more than Snakemake's MB), with room to spare:
+# * import_pyskl, prepare_annotations load the whole annotation pickle: 338 and 335 MB for a 284 MB
+#   pickle of 10,000 NTU-shaped samples (M=2, T~100, float16), 1.04 MB per MB above the baseline
+#   (declared: 598 MB); 385 and 354 MB for 175 MB of 114,480 tiny ones (M=1, T=10), where the
+#   objects around the arrays weigh most (declared: 445 MB).
+# * derive reads prepared annotations one shard at a time (msg3d.data.derive.SHARD_BYTES): 103 MB
+#   for those 10,000 samples, 152 MB for the 114,480 (NTU120's count: their names and offsets).
+#   Each derive job loaded the whole pickle before: 336 and 358 MB.
+# * convert_ntu, convert_kinetics stream their pickle, so the arrays are not held; what grows is
+#   the list of files: convert-ntu 105 and 111.5 MB for 1,000 and 6,000 .skeleton files (2 jobs;
+#   1.3 KB per file; 208 MB for 6,000 before it streamed), convert-kinetics 108 and 119 MB for
+#   1,000 and 4,000 clips (3.5 KB per clip).
+# * make_demo, make_kinetics_demo: 41 MB.
+# rule: (MB, MB per MB of input files, MB per file in input folders, MB per thread)
+DATA_MEMORY = {
+    "make_demo": (100, 0, 0, 0),
+    "make_kinetics_demo": (100, 0, 0, 0),
+    "convert_ntu": (60, 0, 0.002, 50),
+    "convert_kinetics": (60, 0, 0.005, 50),
+    "import_pyskl": (200, 1.4, 0, 0),
+    "prepare_annotations": (200, 1.4, 0, 0),
+    "derive": (250, 0, 0, 0),
+}
+
+
+def data_mem_mb(rule):
+    """`resources: mem_mb` of a data rule: Snakemake calls it per job, with the job's input and
+    threads, for DATA_MEMORY[rule]'s estimate in MB. Files are sized only where a factor asks for
+    it (a dry run shows <TBD> until they exist); a folder's files are counted, not sized, and a
+    folder not made yet (the demo's) counts none."""
+    floor, per_mb, per_file, per_thread = DATA_MEMORY[rule]
+
+    def mem_mb(wildcards, input, threads):
+        estimate = floor + per_thread * threads
+        if per_mb:
+            estimate += per_mb * input.size_mb
+        if per_file:
+            estimate += per_file * sum(
+                len(files) for folder in input for _, _, files in os.walk(folder)
+            )
+        return math.ceil(estimate)
+
+    return mem_mb

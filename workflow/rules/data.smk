@@ -1,4 +1,6 @@
-# Skeletons -> annotation pickle -> one derived store per modality.
+# Skeletons -> annotation pickle -> prepared annotations -> one derived store per modality.
+# Every data job declares its memory (resources: mem_mb, data_mem_mb in common.smk), so that
+# `--resources mem_mb=N` (or a cluster) never runs more of them at once than the memory holds.
 
 
 rule make_demo:
@@ -10,6 +12,8 @@ rule make_demo:
         dataset=choice(SKELETON_DATASETS),
     conda:
         "../../environment.yml"
+    resources:
+        mem_mb=data_mem_mb("make_demo"),
     params:
         seed=config["demo"]["seed"],
         train_subjects=config["demo"]["train_subjects"],
@@ -34,6 +38,8 @@ rule make_kinetics_demo:
         dataset=choice(KINETICS_DATASETS),
     conda:
         "../../environment.yml"
+    resources:
+        mem_mb=data_mem_mb("make_kinetics_demo"),
     params:
         seed=config["demo"]["seed"],
         code=get_code("make-kinetics-demo"),
@@ -54,6 +60,8 @@ rule convert_kinetics:
     conda:
         "../../environment.yml"
     threads: 4
+    resources:
+        mem_mb=data_mem_mb("convert_kinetics"),
     params:
         code=get_code("convert-kinetics"),
     shell:
@@ -74,6 +82,8 @@ rule convert_ntu:
     conda:
         "../../environment.yml"
     threads: 4
+    resources:
+        mem_mb=data_mem_mb("convert_ntu"),
     params:
         ntu=lookup(dpath="datasets/{dataset}/ntu", within=config),
         code=get_code("convert-ntu"),
@@ -93,6 +103,8 @@ rule import_pyskl:
         dataset=choice(PYSKL_DATASETS),
     conda:
         "../../environment.yml"
+    resources:
+        mem_mb=data_mem_mb("import_pyskl"),
     params:
         release=get_release_check,
         code=get_code("import-pyskl"),
@@ -101,19 +113,43 @@ rule import_pyskl:
         " {params.release} > {log:q} 2>&1"
 
 
-rule derive:
+rule prepare_annotations:
     input:
         annotations=path("annotations"),
+    output:
+        prepared=directory(path("prepared")),
+    log:
+        "logs/prepare_annotations/{dataset}.log",
+    conda:
+        "../../environment.yml"
+    resources:
+        mem_mb=data_mem_mb("prepare_annotations"),
+    params:
+        layout=lambda wildcards: get_annotation(wildcards, "layout"),
+        # derive's code less the bone and motion operators, which preparing never runs (the digest
+        # of modality j, which runs neither): an edit to them reruns their modalities' stores only,
+        # not this job and with it every store
+        code=get_code("derive", "j"),
+    shell:
+        "python -m msg3d derive {input.annotations:q} {output.prepared:q} --layout {params.layout:q}"
+        " --prepare > {log:q} 2>&1"
+
+
+rule derive:
+    input:
+        prepared=path("prepared"),
     output:
         store=directory(path("store")),
     log:
         "logs/derive/{dataset}/{modality}.log",
     conda:
         "../../environment.yml"
+    resources:
+        mem_mb=data_mem_mb("derive"),
     params:
         layout=lambda wildcards: get_annotation(wildcards, "layout"),
         features=lambda wildcards: get_annotation(wildcards, "features"),
         code=lambda wildcards: get_code("derive", wildcards.modality),
     shell:
-        "python -m msg3d derive {input.annotations:q} {output.store:q} --layout {params.layout:q}"
+        "python -m msg3d derive {input.prepared:q} {output.store:q} --layout {params.layout:q}"
         " --modality {wildcards.modality:q} --features {params.features:q} > {log:q} 2>&1"
