@@ -466,6 +466,11 @@ def test_train_jobs_take_every_local_gpu_and_test_jobs_one(tmp_path, monkeypatch
                                        *config).stdout)
 
     assert plan("device=null") == {"train": [4] * 8, "test": [1] * 8}
+    # memory: per process (4 for a 4-GPU DDP training), the host side of a GPU process
+    out = snakemake(root, "-n", "--config", "device=null", "datasets={demo: {splits: [xsub]}}").stdout
+    memory = {rule: set(re.findall(r"mem_mb=(\d+)", block)) for rule, block in
+              re.findall(r"rule (train|test):\n((?:    .*\n)+)", out)}
+    assert memory == {"train": {"12000"}, "test": {"3000"}}, memory
     assert plan("device=cuda", "train_gpus=1") == {"train": [1] * 8, "test": [1] * 8}
     assert plan("device=null", "train_gpus=2") == {"train": [2] * 8, "test": [1] * 8}
     assert plan("device=cpu") == {"train": [0] * 8, "test": [0] * 8}

@@ -825,3 +825,38 @@ def data_mem_mb(rule):
         return math.ceil(estimate)
 
     return mem_mb
+
+
+# Train and test jobs: each process (one per GPU it trains on, else one) and its data-loading
+# workers. Measured on the CPU (torch 2.13, x86-64): a loader worker holds 250 MB; a process ~800
+# MB before activations; a full-width training step (base_channels 96, batch 16, T=100) peaks at
+# 5.9 GB, about 330 MB per sample, and a full-width test at 1.9 GB for 60 clips, about 22 MB per
+# clip; activations scale with samples x clip_len x base_channels. On a GPU they live on the card,
+# and the process is allowed 3000 MB of host memory (torch, the CUDA context, pinned batches; an
+# allowance, not a measurement: no GPU was at hand). A cluster profile's mem_mb replaces this.
+MB_PER_WORKER = 250
+MB_PER_PROCESS = 800
+MB_PER_GPU_PROCESS = 3000
+MB_PER_TRAIN_SAMPLE = 330  # at clip_len 100, base_channels 96
+MB_PER_TEST_CLIP = 22  # at clip_len 100, base_channels 96
+
+
+def job_mem_mb(rule):
+    """`resources: mem_mb` of the train or test jobs of a dataset (see above)."""
+
+    def mem_mb(wildcards):
+        hp = HPARAMS[wildcards.dataset]
+        on_gpu = not ON_CPU and LOCAL_GPUS
+        processes = max(1, TRAIN_GPUS) if rule == "train" and on_gpu else 1
+        if on_gpu:
+            process = MB_PER_GPU_PROCESS
+        else:
+            scale = hp.clip_len / 100 * hp.model.base_channels / 96
+            if rule == "train":
+                activations = MB_PER_TRAIN_SAMPLE * hp.batch_size * scale
+            else:
+                activations = MB_PER_TEST_CLIP * hp.batch_size * hp.test_clips * scale
+            process = MB_PER_PROCESS + activations
+        return math.ceil(processes * (process + MB_PER_WORKER * hp.num_workers))
+
+    return mem_mb

@@ -37,6 +37,7 @@ rule test:
     threads: TORCH_THREADS
     resources:
         gpu=GPUS_PER_JOB,
+        mem_mb=job_mem_mb("test"),
     params:
         checkpoint=get_test_checkpoint,
         val_split=lambda wildcards: get_split_names(wildcards)[1],

@@ -20,6 +20,7 @@ rule train:
     threads: TRAIN_THREADS
     resources:
         gpu=TRAIN_GPUS,
+        mem_mb=job_mem_mb("train"),
     params:
         run=lambda wildcards: path("run", **wildcards),
         hparams=get_hparams,
