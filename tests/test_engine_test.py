@@ -332,3 +332,69 @@ def test_amp_and_num_workers_come_from_the_checkpoint_unless_given(reference_run
                                     hparams={"clip_len": REFERENCE["clip_len"], "model": REFERENCE["model"],
                                              "amp": "bf16", "num_workers": 0})
     assert used.pop() == ("bf16", 0)
+
+
+def test_max_samples_tests_the_first_n_samples_of_a_full_run(reference_run, tiny_store, tmp_path, capsys):
+    ckpt = reference_run / "best.pth"
+    kwargs = dict(num_clips=2, batch_size=4, num_workers=0, device="cpu")
+    full = engine_test.evaluate_checkpoint(tiny_store, "tiny", ckpt, tmp_path / "full.pkl",
+                                           logits_out=tmp_path / "full_logits.pkl", **kwargs)
+    assert (full["num_samples"], full["split_samples"], full["max_samples"]) == (6, 6, None)
+    capsys.readouterr()
+    # 5 of 6 with batches of 4: the last batch (1 sample) differs from the full run's (2 samples)
+    assert cli_main(["test", "--data", str(tiny_store), "--split", "tiny", "--checkpoint", str(ckpt),
+                     "--out", str(tmp_path / "five.pkl"), "--logits", str(tmp_path / "five_logits.pkl"),
+                     "--num-clips", "2", "--batch-size", "4", "--num-workers", "0", "--device", "cpu",
+                     "--max-samples", "5"]) == 0
+    out = capsys.readouterr()
+    assert "msg3d test: --max-samples 5: testing the first 5 of the 6 samples of split 'tiny_val' only" in out.err
+    assert out.out.rstrip().endswith("(first 5 samples of 6, --max-samples 5)")
+
+    for stem in ("", "_logits"):
+        probs, frame_dirs, labels = read_scores(tmp_path / f"five{stem}.pkl")
+        all_probs, all_dirs, all_labels = read_scores(tmp_path / f"full{stem}.pkl")
+        assert probs.shape == (5, 3) and frame_dirs == all_dirs[:5]
+        np.testing.assert_array_equal(labels, all_labels[:5])
+        np.testing.assert_allclose(probs, all_probs[:5], rtol=0, atol=1e-6)
+    probs, _, labels = read_scores(tmp_path / "five.pkl")
+    metrics = json.loads((tmp_path / "five_metrics.json").read_text())
+    assert (metrics["num_samples"], metrics["split_samples"], metrics["max_samples"]) == (5, 6, 5)
+    top1, top5, mca = _hand_metrics(probs, labels)
+    assert metrics["top1"] == pytest.approx(top1, abs=1e-12) and metrics["top5"] == pytest.approx(top5, abs=1e-12)
+    assert metrics["mean_class_accuracy"] == pytest.approx(mca, abs=1e-12)
+    assert np.load(tmp_path / "five_confusion.npy").sum() == 5
+    assert len(_read_csv(tmp_path / "five_samples.csv")) == 1 + 5
+
+    # more than the split holds: all of it, the option recorded, nothing said about a cut
+    many = engine_test.evaluate_checkpoint(tiny_store, "tiny", ckpt, tmp_path / "many.pkl", max_samples=100, **kwargs)
+    assert (many["num_samples"], many["split_samples"], many["max_samples"]) == (6, 6, 100)
+    assert many["top1"] == full["top1"] and "--max-samples" not in capsys.readouterr().err
+
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match=f"--max-samples must be >= 1, got {bad}"):
+            engine_test.evaluate_checkpoint(tiny_store, "tiny", ckpt, tmp_path / "bad" / "s.pkl", max_samples=bad,
+                                            **kwargs)
+    assert cli_main(["test", "--data", str(tiny_store), "--split", "tiny", "--checkpoint", str(ckpt),
+                     "--out", str(tmp_path / "bad" / "s.pkl"), "--device", "cpu", "--max-samples", "0"]) == 2
+    assert "msg3d test: error: --max-samples must be >= 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_predict_fills_one_array_with_the_items_the_loader_yields(reference_run, tiny_store):
+    """``predict`` sizes its outputs by the sampler: with drop_last the loader yields fewer items, and
+    the scores are exactly those (each row the same as when the samples are tested one by one)."""
+    from torch.utils.data import DataLoader
+
+    from msg3d.engine.evaluate import predict
+
+    model = build_model(3, layout="nturgb+d", **REFERENCE["model"])
+    model.load_state_dict(load_state_dict(reference_run / "best.pth"))
+    ds = SkeletonDataset(tiny_store, "tiny_val", clip_len=REFERENCE["clip_len"], num_clips=2, test_mode=True)
+    cpu = torch.device("cpu")
+    probs, logits = predict(model, DataLoader(ds, batch_size=4, drop_last=True), cpu, with_logits=True)
+    one_by_one, one_logits = predict(model, DataLoader(ds, batch_size=1), cpu, with_logits=True)
+    assert probs.shape == logits.shape == (4, 3) and one_by_one.shape == (6, 3)
+    assert probs.dtype == logits.dtype == np.float32
+    np.testing.assert_allclose(probs, one_by_one[:4], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(logits, one_logits[:4], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(one_by_one.sum(1), 1, atol=1e-6)

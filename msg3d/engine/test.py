@@ -7,6 +7,11 @@ PYSKL's result format, its samples, per-class and confusion files) and ``METRICS
 ``<stem>_metrics.json``): top1, top5, mean_class_accuracy (PYSKL's definitions), num_samples,
 checkpoint path + sha256, config (ours, from the checkpoint), ...
 
+``--max-samples N`` tests only the split's first N samples (split order), a quick full-scale smoke
+run: the outputs cover those N, whose scores are the first N of a full test's, and METRICS.json
+records ``max_samples`` (None without the option) beside ``split_samples``, the split's size; the
+console says the test was cut short.
+
 Checkpoints: ours (``meta['config']`` holds the resolved training config, so the model's width,
 scales, clip length, ``amp`` and ``num_workers`` come from it; ``--amp``/``--num-workers``
 override the last two) or PYSKL's released ``.pth`` files (full-size model by default, or the
@@ -86,11 +91,12 @@ def check_checkpoint_fits(ckpt, path, meta, num_person=2):
     return config
 
 
-def train_overlap(config, store, split_name):
-    """How many samples of ``store``'s split ``split_name`` the checkpoint whose training config is
-    ``config`` was trained on: ``{train_split, count, num_test_samples, source_sha256}``, or None when
-    that cannot be told (no config: PYSKL's checkpoint; another or unknown annotation source; the
-    training split is not in this store). Samples are matched by frame_dir."""
+def train_overlap(config, store, split_name, num_tested=None):
+    """How many of the first ``num_tested`` samples (all by default) of ``store``'s split ``split_name``
+    the checkpoint whose training config is ``config`` was trained on: ``{train_split, count,
+    num_test_samples, source_sha256}``, or None when that cannot be told (no config: PYSKL's
+    checkpoint; another or unknown annotation source; the training split is not in this store).
+    Samples are matched by frame_dir."""
     data = (config or {}).get("data") or {}
     train_split = data.get("train_split") or (data.get("split") and f"{data['split']}_train")
     trained_sha = ((data.get("meta") or {}).get("source") or {}).get("sha256")
@@ -98,14 +104,14 @@ def train_overlap(config, store, split_name):
     if not trained_sha or trained_sha != store_sha or train_split not in store.splits:
         return None
     trained = set(store.frame_dirs[store.splits[train_split]].tolist())
-    tested = store.frame_dirs[store.splits[split_name]].tolist()
+    tested = store.frame_dirs[store.splits[split_name][:num_tested]].tolist()
     return {"train_split": train_split, "count": sum(name in trained for name in tested),
             "num_test_samples": len(tested), "source_sha256": trained_sha}
 
 
 def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_clips=None, batch_size=8,
                         num_workers=None, device=None, amp=None, hparams=None, progress_seconds=10.0,
-                        logits_out=None):
+                        logits_out=None, max_samples=None):
     """Test ``checkpoint`` on store ``data``'s ``SPLIT_val``; write the outputs; return the metrics dict.
 
     ``hparams``: for checkpoints without our config (PYSKL's), hyper-parameters (overrides of the
@@ -115,6 +121,7 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
     ``amp`` and ``num_workers`` (the checkpoint's for ours).
     ``logits_out``: also write the clip-averaged logits there, as a scores stream (pickle + samples
     CSV, ``msg3d.scores``): what MS-G3D's ensemble sums (``msg3d fuse --logits``).
+    ``max_samples``: test only the split's first ``max_samples`` samples (ValueError if < 1).
     """
     from msg3d.data.dataset import SkeletonDataset
     from msg3d.models import build_model
@@ -123,6 +130,8 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
         raise ValueError("num_clips and batch_size must be >= 1, num_workers >= 0")
     if amp is not None and amp not in AMP_MODES:
         raise ValueError(f"unsupported --amp {amp!r}; use one of {', '.join(AMP_MODES)}")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"--max-samples must be >= 1, got {max_samples}")
     device = resolve_device(device)
     store = open_store(data)
     split_name = eval_split_name(store, data, split)
@@ -146,7 +155,9 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
     amp = hp.amp if amp is None else amp
     autocast_mode = None if amp == "none" else amp
     check_amp(autocast_mode)
-    overlap = train_overlap(config, store, split_name)
+    split_samples = len(store.splits[split_name])
+    num_tested = split_samples if max_samples is None else min(max_samples, split_samples)
+    overlap = train_overlap(config, store, split_name, num_tested)
     if overlap is not None and overlap["count"]:
         print(f"msg3d test: warning: {overlap['count']} of the {overlap['num_test_samples']} samples of split "
               f"{split_name!r} are in split {overlap['train_split']!r} that {checkpoint} was trained on (same "
@@ -157,15 +168,19 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
     model.to(device)
 
     ds = SkeletonDataset(data, split_name, clip_len=hp.clip_len, num_clips=num_clips, test_mode=True)
-    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         pin_memory=device.type == "cuda")
+    if num_tested < split_samples:
+        print(f"msg3d test: --max-samples {max_samples}: testing the first {num_tested} of the {split_samples} "
+              f"samples of split {split_name!r} only", file=sys.stderr, flush=True)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(num_tested)), batch_size=batch_size,
+                                         shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
     bar = Progress(len(loader), min_seconds=progress_seconds)
     probs, logits = predict(model, loader, device, autocast_mode, with_logits=True,
-                            progress=lambda i: bar.update(i, f"testing {len(ds)} samples x {num_clips} clips"))
+                            progress=lambda i: bar.update(i, f"testing {num_tested} samples x {num_clips} clips"))
+    frame_dirs = ds.frame_dirs[:num_tested]
     # NaN weights (a diverged run, a corrupt file) give NaN scores, whose metrics would look real
-    check_finite(probs, f"checkpoint {checkpoint} gives", ds.frame_dirs,
+    check_finite(probs, f"checkpoint {checkpoint} gives", frame_dirs,
                  " (NaN weights? diverged run?); nothing written")
-    labels = np.asarray(ds.labels, dtype=np.int64)
+    labels = np.asarray(ds.labels[:num_tested], dtype=np.int64)
     paths = sibling_paths(out, metrics_path)
     metrics = {
         **summary_metrics(probs, labels),
@@ -174,6 +189,8 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
         "clip_len": hp.clip_len,
         "model": model_hp,
         "split": split_name,
+        "split_samples": split_samples,
+        "max_samples": max_samples,
         "data": str(Path(data).resolve()),
         "store_meta": meta,
         "checkpoint": str(Path(checkpoint).resolve()),
@@ -188,8 +205,8 @@ def evaluate_checkpoint(data, split, checkpoint, out, metrics_path=None, *, num_
     }
     if logits_out is not None:
         metrics["outputs"]["logits"] = str(logits_out)
-        write_scores(logits_out, logits, ds.frame_dirs, labels)
-    write_scores(out, probs, ds.frame_dirs, labels, metrics, metrics_path)
+        write_scores(logits_out, logits, frame_dirs, labels)
+    write_scores(out, probs, frame_dirs, labels, metrics, metrics_path)
     return metrics
 
 
@@ -205,6 +222,9 @@ def add_arguments(parser):
     parser.add_argument("--num-clips", type=int, default=None,
                         help="uniform clips per sample (default: the checkpoint's recorded test_clips; PYSKL: 10)")
     parser.add_argument("--batch-size", type=int, default=8, help="samples per batch (default 8)")
+    parser.add_argument("--max-samples", type=int, default=None, metavar="N",
+                        help="test only the split's first N samples (a quick full-scale smoke run; recorded in "
+                             "the metrics)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="data loader workers (default: the checkpoint's hyper-parameter num_workers; PYSKL: 2)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
@@ -222,7 +242,10 @@ def run(args):
     metrics = evaluate_checkpoint(args.data, args.split, args.checkpoint, args.out, args.metrics,
                                   num_clips=args.num_clips, batch_size=args.batch_size,
                                   num_workers=args.num_workers, device=args.device, amp=args.amp, hparams=hp,
-                                  logits_out=args.logits)
+                                  logits_out=args.logits, max_samples=args.max_samples)
+    tested = f"{metrics['num_samples']} samples"
+    if metrics["num_samples"] < metrics["split_samples"]:
+        tested = f"first {tested} of {metrics['split_samples']}, --max-samples {metrics['max_samples']}"
     print(f"top1 {100 * metrics['top1']:.2f}  top5 {100 * metrics['top5']:.2f}  "
-          f"mean class accuracy {100 * metrics['mean_class_accuracy']:.2f}  ({metrics['num_samples']} samples)")
+          f"mean class accuracy {100 * metrics['mean_class_accuracy']:.2f}  ({tested})")
     return 0

@@ -1,6 +1,6 @@
 # Skeletons -> annotation pickle -> prepared annotations -> one derived store per modality.
-# Every data job declares its memory (resources: mem_mb, data_mem_mb in common.smk; train and test: job_mem_mb), so that
-# `--resources mem_mb=N` (or a cluster) never runs more of them at once than the memory holds.
+# Every job declares its memory (resources: mem_mb; data_mem_mb and job_mem_mb in common.smk),
+# so that `--resources mem_mb=N` (or a cluster) never runs more at once than the memory holds.
 
 
 rule make_demo:
