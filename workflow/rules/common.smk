@@ -841,18 +841,18 @@ MB_PER_TRAIN_SAMPLE = 330  # at clip_len 100, base_channels 96
 MB_PER_TEST_CLIP = 22  # at clip_len 100, base_channels 96
 
 
-def job_mem_mb(rule):
-    """`resources: mem_mb` of the train or test jobs of a dataset (see above)."""
+def job_mem_mb(command):
+    """`resources: mem_mb` of the jobs of msg3d `command` (train or test) (see above)."""
 
     def mem_mb(wildcards):
         hp = HPARAMS[wildcards.dataset]
         on_gpu = not ON_CPU and LOCAL_GPUS
-        processes = max(1, TRAIN_GPUS) if rule == "train" and on_gpu else 1
+        processes = max(1, TRAIN_GPUS) if command == "train" and on_gpu else 1
         if on_gpu:
             process = MB_PER_GPU_PROCESS
         else:
             scale = hp.clip_len / 100 * hp.model.base_channels / 96
-            if rule == "train":
+            if command == "train":
                 activations = MB_PER_TRAIN_SAMPLE * hp.batch_size * scale
             else:
                 activations = MB_PER_TEST_CLIP * hp.batch_size * hp.test_clips * scale
