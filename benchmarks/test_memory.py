@@ -20,6 +20,12 @@ process's RSS grew more than that from start to end. The model keeps T=100, M=2,
 its width is small by default (base_channels 6, 2 GCN scales, 1 G3D scale; ``--model pyskl`` for
 PYSKL's), so that 10,000 samples x 1 clip take a few minutes on 2 cores (10 clips, PYSKL's test,
 take ten times as long). ``--pythonpath`` runs another copy of the package, e.g. before a change.
+
+Goal: flat. Measured on 2 busy cores (other jobs running), 2 workers: 10,000 samples, narrow, batch
+8, 1 clip: +53 MiB (284 -> 337) over 594 s when ``predict`` kept one score array per batch, +5 MiB
+(284 -> 289, the two preallocated (10000, 60) outputs filling) over 119 s since it fills one array;
+PYSKL's width, 1,000 samples, batch 2: +61 MiB (373 -> 435) before, +4 MiB after. Workers: 178 MiB
+(narrow) / 201 MiB (PYSKL's) each, flat in both.
 """
 
 import argparse
