@@ -26,20 +26,23 @@ from msg3d.data.dataset import SkeletonDataset
 from msg3d.data.store import StoreWriter
 
 
-def build_store(out_dir, num_samples, seed=0):
-    """NTU-like synthetic store: 1-2 persons, 30-300 frames (mean ~100), 25 joints x 3."""
+def build_store(out_dir, num_samples, seed=0, num_classes=60, split="train"):
+    """NTU-like synthetic store, streamed to disk: 1-2 persons, 30-300 frames (mean ~100), 25 joints
+    x 3, labels cycling through ``num_classes``, every sample in the one split ``split``."""
     rng = np.random.default_rng(seed)
     names = [f"S{i:06d}" for i in range(num_samples)]
     with StoreWriter(out_dir, num_joints=25, channels=3) as writer:
         for i, name in enumerate(names):
             persons = 1 + int(rng.random() < 0.3)
             frames = int(np.clip(rng.gamma(4.0, 25.0), 30, 300))
-            writer.append(name, i % 60, rng.standard_normal((persons, frames, 25, 3), dtype=np.float32))
-        writer.finish(splits={"train": names}, meta={"layout": "nturgb+d", "modality": "j", "num_classes": 60})
+            writer.append(name, i % num_classes, rng.standard_normal((persons, frames, 25, 3), dtype=np.float32))
+        writer.finish(splits={split: names},
+                      meta={"layout": "nturgb+d", "modality": "j", "num_classes": num_classes})
     return out_dir
 
 
-def _status_kb(pid, key):
+def proc_status_kb(pid, key):
+    """The kB of line ``key`` of ``/proc/PID/status`` (0 when absent or the process is gone)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
@@ -49,7 +52,8 @@ def _status_kb(pid, key):
     return 0
 
 
-def _children(pid):
+def child_pids(pid):
+    """The pids of ``pid``'s child processes (from ``/proc``)."""
     kids = []
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
@@ -62,8 +66,9 @@ def _children(pid):
 def memory_mb(pid):
     """(anon MB, file-backed MB) of ``pid`` and, separately, summed over its child processes."""
     def one(p):
-        return _status_kb(p, "RssAnon") / 1024, (_status_kb(p, "RssFile") + _status_kb(p, "RssShmem")) / 1024
-    kids = [one(c) for c in _children(pid)]
+        anon, file, shmem = (proc_status_kb(p, key) for key in ("RssAnon", "RssFile", "RssShmem"))
+        return anon / 1024, (file + shmem) / 1024
+    kids = [one(c) for c in child_pids(pid)]
     return one(pid), (sum(k[0] for k in kids), sum(k[1] for k in kids))
 
 

@@ -1,12 +1,12 @@
 """Resident memory of a long ``msg3d test``: the main process's RSS curve and its loader workers'.
 
 Builds (once; later runs reuse it from ``--work``) a synthetic NTU-shaped derived store of
-``--samples`` samples (1-2 persons, 30-300 frames, 25 joints x 3, ``--classes`` classes, split
-``xsub_val``) and a randomly initialised model saved as a PYSKL-style checkpoint (weights only,
-so ``--hparams-json`` gives its width), then runs ``python -m msg3d test`` on it in a subprocess
-(in ``--work``, so that the msg3d it imports is the installed one or ``--pythonpath``'s, never the
-current folder's) and samples, every ``--interval`` seconds, the RSS of that process and of its children
-(the DataLoader workers): with psutil when it is installed, else ``/proc/PID/status``'s ``VmRSS``.
+``--samples`` samples (``data_speed.build_store``: 1-2 persons, 30-300 frames, 25 joints x 3,
+``--classes`` classes, split ``xsub_val``) and a randomly initialised model saved as a PYSKL-style
+checkpoint (weights only, so ``--hparams-json`` gives its width), then runs ``python -m msg3d
+test`` on it in a subprocess (in ``--work``, so that the msg3d it imports is the installed one or
+``--pythonpath``'s, never the current folder's) and samples, every ``--interval`` seconds, the RSS
+of that process and of its children (the DataLoader workers): with psutil when it is installed, else ``/proc/PID/status``'s ``VmRSS``.
 On Linux the main process's RSS is also split into anonymous memory (``RssAnon``: heap, what the
 process owns) and shared/file pages (``RssFile + RssShmem``: the shared-memory batches the workers
 hand over, libraries). The test proper is the time the workers are alive.
@@ -39,7 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from msg3d.data.store import StoreWriter, open_store
+from msg3d.data.store import open_store
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from data_speed import build_store, child_pids, proc_status_kb  # noqa: E402
 
 try:
     import psutil
@@ -49,25 +52,7 @@ except ImportError:  # /proc is enough on Linux
 MODELS = {"narrow": {"base_channels": 6, "num_gcn_scales": 2, "num_g3d_scales": 1},
           "pyskl": {"base_channels": 96, "num_gcn_scales": 13, "num_g3d_scales": 6}}
 CLIP_LEN = 100
-SPLIT = "xsub"
-
-
-def build_store(out_dir, num_samples, num_classes, seed=0):
-    """NTU-like synthetic store, streamed to disk: 1-2 persons, 30-300 frames (mean ~100), 25 x 3,
-    split ``xsub_val`` holding every sample, labels cycling through the classes."""
-    rng = np.random.default_rng(seed)
-    names = []
-    with StoreWriter(out_dir, num_joints=25, channels=3) as writer:
-        for i in range(num_samples):
-            label = i % num_classes
-            name = f"S{1 + i // 100000:03d}C001P{i % 100000:05d}R001A{label + 1:03d}"
-            persons = 1 + int(rng.random() < 0.3)
-            frames = int(np.clip(rng.gamma(4.0, 25.0), 30, 300))
-            writer.append(name, label, rng.standard_normal((persons, frames, 25, 3), dtype=np.float32))
-            names.append(name)
-        writer.finish(splits={f"{SPLIT}_train": [], f"{SPLIT}_val": names},
-                      meta={"layout": "nturgb+d", "modality": "j", "num_classes": num_classes})
-    return out_dir
+SPLIT = "xsub_val"  # the store's one split, which msg3d test --split names as it is
 
 
 def reuse_or_build_store(work, num_samples, num_classes):
@@ -78,7 +63,7 @@ def reuse_or_build_store(work, num_samples, num_classes):
             return store_dir, True
     except (FileNotFoundError, ValueError):
         pass
-    return build_store(store_dir, num_samples, num_classes), False
+    return build_store(store_dir, num_samples, num_classes=num_classes, split=SPLIT), False
 
 
 def write_checkpoint(path, num_classes, model_hp):
@@ -93,33 +78,10 @@ def write_checkpoint(path, num_classes, model_hp):
     return path
 
 
-def _proc_status_mb(pid, keys):
-    """``{key: MiB}`` of ``/proc/PID/status`` lines (0 for absent keys or a process that is gone)."""
-    found = dict.fromkeys(keys, 0.0)
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in found:
-                found[key] = int(value.split()[0]) / 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return found
-
-
-def _children_proc(pid):
-    kids = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids += [int(c) for c in (task / "children").read_text().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            pass
-    return kids
-
-
 def sample_memory(pid):
     """``(main RSS, main anon, main shared/file, [worker RSS, ...])`` in MiB; anon and shared are 0
     where ``/proc`` does not give them."""
-    status = _proc_status_mb(pid, ("VmRSS", "RssAnon", "RssFile", "RssShmem"))
+    status = {key: proc_status_kb(pid, key) / 1024 for key in ("VmRSS", "RssAnon", "RssFile", "RssShmem")}
     if psutil is not None:
         try:
             proc = psutil.Process(pid)
@@ -134,7 +96,7 @@ def sample_memory(pid):
             return 0.0, 0.0, 0.0, []
     else:
         rss = status["VmRSS"]
-        workers = [_proc_status_mb(c, ("VmRSS",))["VmRSS"] for c in _children_proc(pid)]
+        workers = [proc_status_kb(c, "VmRSS") / 1024 for c in child_pids(pid)]
     # a worker that has exited but not yet been reaped reads as 0
     return rss, status["RssAnon"], status["RssFile"] + status["RssShmem"], [w for w in workers if w > 0]
 
