@@ -181,8 +181,8 @@ def run(args):
         raise ValueError(f"--gpus must be 0 or more, got {args.gpus}")
     argv = command_line(args.command, args.arguments, args.gpus)
     env = dict(os.environ)
-    gpus = visible_gpus()
-    if args.gpus > 0 and gpus:
+    gpus = visible_gpus() if args.gpus > 0 else []  # a CPU job asks nvidia-smi nothing
+    if gpus:
         directory = lock_dir()
         held = claim(args.gpus, gpus, directory, timeout_seconds=args.wait_timeout,
                      say=lambda msg: print(f"msg3d launch: {msg}", file=sys.stderr, flush=True))

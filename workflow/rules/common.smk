@@ -846,7 +846,7 @@ def job_mem_mb(command):
 
     def mem_mb(wildcards):
         hp = HPARAMS[wildcards.dataset]
-        on_gpu = not ON_CPU and LOCAL_GPUS
+        on_gpu = bool(LOCAL_GPUS)  # none with device cpu
         processes = max(1, TRAIN_GPUS) if command == "train" and on_gpu else 1
         if on_gpu:
             process = MB_PER_GPU_PROCESS
